@@ -1,0 +1,50 @@
+"""segface-hf: SegFace face parsing as a Hugging Face `transformers` model.
+
+Importing the package registers `SegFaceConfig`, `SegFaceForSemanticSegmentation` and `SegFaceImageProcessor` with
+`AutoConfig`, `AutoModelForSemanticSegmentation` and `AutoImageProcessor`.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+from .configuration_segface import (
+    CELEBAMASK_HQ_LABELS,
+    HELEN_LABELS,
+    LABEL_SETS,
+    LAPA_LABELS,
+    OFFICIAL_VARIANTS,
+    SegFaceConfig,
+    backbone_config_for,
+)
+from .image_processing_segface import SegFaceImageError, SegFaceImageProcessor
+from .modeling_segface import SegFaceForSemanticSegmentation, SegFacePreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(SegFaceConfig.model_type, SegFaceConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(SegFaceConfig, SegFaceForSemanticSegmentation, exist_ok=True)
+# One PIL-based implementation serves both backends: the original resizes with PIL's bicubic filter, which the
+# torchvision backend does not reproduce bit for bit.
+AutoImageProcessor.register(
+    SegFaceConfig,
+    image_processor_classes={"pil": SegFaceImageProcessor, "torchvision": SegFaceImageProcessor},
+    exist_ok=True,
+)
+
+# Saved models carry their code, so a folder or Hub repo also loads with trust_remote_code=True without this package.
+SegFaceConfig.register_for_auto_class()
+SegFaceForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+SegFaceImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "CELEBAMASK_HQ_LABELS",
+    "HELEN_LABELS",
+    "LABEL_SETS",
+    "LAPA_LABELS",
+    "OFFICIAL_VARIANTS",
+    "SegFaceConfig",
+    "SegFaceForSemanticSegmentation",
+    "SegFaceImageError",
+    "SegFaceImageProcessor",
+    "SegFacePreTrainedModel",
+    "backbone_config_for",
+]

@@ -1,0 +1,358 @@
+"""Image processor for SegFace: the original's preprocessing (square PIL-bicubic resize, ImageNet normalisation)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is a dependency of the model, not of preprocessing
+    torch = None
+
+
+class SegFaceImageError(ValueError):
+    """An input that cannot be read or interpreted as an image, label map or landmark set."""
+
+
+def _describe(source) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"input of type {type(source).__name__}"
+
+
+def load_image(source) -> PIL.Image.Image:
+    """Open an image path (or take a PIL image) and return it upright (EXIF orientation applied), fully decoded."""
+    if isinstance(source, PIL.Image.Image):
+        image = source
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise SegFaceImageError(f"{source}: no such file.")
+        if os.path.isdir(source):
+            raise SegFaceImageError(f"{source}: is a directory, not an image.")
+        try:
+            image = PIL.Image.open(source)
+            image.load()
+        except PIL.UnidentifiedImageError as error:
+            raise SegFaceImageError(f"{source}: not an image file PIL can read.") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            raise SegFaceImageError(f"{source}: corrupt or truncated image ({error}).") from error
+    else:
+        raise SegFaceImageError(f"Expected a path or a PIL image, got {_describe(source)}.")
+    try:
+        return PIL.ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SegFaceImageError(f"{_describe(source)}: corrupt image data ({error}).") from error
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Bring integer or float pixel data into 0..255 (16-bit by /257, floats in [0, 1] by x255)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise SegFaceImageError(f"integer pixel values must lie in 0..65535, got {array.min()}..{array.max()}.")
+        if array.size and array.max() > 255:
+            return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise SegFaceImageError("float pixel data contains NaN or infinity.")
+        scale = 255.0 if array.size == 0 or array.max() <= 1.0 else 1.0
+        return np.clip(np.round(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    raise SegFaceImageError(f"unsupported pixel data type {array.dtype}.")
+
+
+def to_rgb(image) -> PIL.Image.Image:
+    """Any supported image (path, PIL in any mode, HWC/CHW numpy or torch array) as an 8-bit RGB PIL image.
+
+    Grayscale is replicated to three channels, palette images are expanded, alpha is dropped (as the original's
+    OpenCV reader does), CMYK is converted, and 16-bit data is scaled to 8 bits.
+    """
+    if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
+        image = load_image(image)
+        if image.mode in ("RGB",):
+            return image
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            return PIL.Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+        if image.mode == "P":
+            image = image.convert("RGBA")
+        return image.convert("RGB")
+    if torch is not None and isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise SegFaceImageError(f"Expected an image (path, PIL, numpy or torch array), got {_describe(image)}.")
+    array = image
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise SegFaceImageError(f"an image array must be HxW, HxWxC or CxHxW with 1, 3 or 4 channels, got {array.shape}.")
+    return PIL.Image.fromarray(np.ascontiguousarray(_to_uint8(array[..., :3])), mode="RGB")
+
+
+def to_label_map(segmentation_map) -> PIL.Image.Image:
+    """A single-channel label map (path, PIL `L`/`P`/`I`, or integer array) as a PIL image of class indices."""
+    if isinstance(segmentation_map, (str, os.PathLike)):
+        segmentation_map = load_image(segmentation_map)
+    if isinstance(segmentation_map, PIL.Image.Image):
+        if segmentation_map.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+            raise SegFaceImageError(
+                f"a segmentation map must hold one class index per pixel (mode L, P or I), got mode "
+                f"{segmentation_map.mode}; colour masks must be converted to label indices first."
+            )
+        array = np.asarray(segmentation_map)
+    elif torch is not None and isinstance(segmentation_map, torch.Tensor):
+        array = segmentation_map.detach().cpu().numpy()
+    elif isinstance(segmentation_map, np.ndarray):
+        array = segmentation_map
+    else:
+        raise SegFaceImageError(f"Expected a segmentation map, got {_describe(segmentation_map)}.")
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:2])
+    if array.ndim != 2:
+        raise SegFaceImageError(f"a segmentation map must be 2-D (height, width), got shape {array.shape}.")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.array_equal(array, np.round(array)):
+            raise SegFaceImageError("a segmentation map must hold integer class indices, got fractional values.")
+    elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise SegFaceImageError(f"a segmentation map must hold integers, got {array.dtype}.")
+    if array.size and (array.min() < 0 or array.max() > 2**31 - 1):
+        raise SegFaceImageError(f"segmentation map values must be non-negative, got minimum {array.min()}.")
+    return PIL.Image.fromarray(array.astype(np.int32), mode="I")
+
+
+def _as_list(inputs) -> list:
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+        return list(inputs)
+    if torch is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+        return list(inputs)
+    return [inputs]
+
+
+class SegFaceImageProcessor(BaseImageProcessor):
+    r"""
+    Prepares images (and optionally label maps and face landmarks) for [`SegFaceForSemanticSegmentation`] exactly
+    as the original SegFace data pipeline does: conversion to RGB, a square resize to the model resolution with
+    PIL's bicubic filter (aspect ratio not kept), scaling to [0, 1] and ImageNet normalisation. Label maps are
+    resized with nearest neighbour; landmarks are rescaled into the resized frame.
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize images to `size`.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 512, "width": 512}`):
+            The model resolution.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
+            Filter for resizing images. Label maps always use nearest neighbour.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to divide pixel values by `1 / rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Scale factor for pixel values.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalise with `image_mean` and `image_std`.
+        image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
+            Per-channel mean.
+        image_std (`list[float]`, *optional*, defaults to the ImageNet standard deviation):
+            Per-channel standard deviation.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: dict[str, int] | None = None,
+        resample: PILImageResampling | int = PILImageResampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(size, int):
+            size = {"height": size, "width": size}
+        self.do_resize = do_resize
+        self.size = dict(size) if size is not None else {"height": 512, "width": 512}
+        self.resample = int(resample)
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
+        self.image_mean = list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
+        self.image_std = list(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
+
+    def _target_size(self, image: PIL.Image.Image, do_resize: bool, size: dict) -> tuple[int, int]:
+        return (size["height"], size["width"]) if do_resize else (image.height, image.width)
+
+    def _image_to_array(self, image: PIL.Image.Image, target, resample, do_rescale, rescale_factor, do_normalize,
+                        image_mean, image_std) -> np.ndarray:  # fmt: skip
+        if (image.height, image.width) != target:
+            image = image.resize((target[1], target[0]), resample=PILImageResampling(resample))
+        array = np.asarray(image, dtype=np.float32)
+        if do_rescale:
+            # Divide (as torchvision's ToTensor does) rather than multiply, for bit-identical inputs.
+            array = array / np.float32(1.0 / rescale_factor)
+        if do_normalize:
+            array = (array - np.asarray(image_mean, np.float32)) / np.asarray(image_std, np.float32)
+        return array.transpose(2, 0, 1)
+
+    def preprocess(
+        self,
+        images,
+        segmentation_maps=None,
+        landmarks=None,
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
+        resample: PILImageResampling | int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Preprocess one image or a batch.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, path, or a list of them):
+                The image(s). Arrays may be HxW, HxWxC or CxHxW, 8-bit, 16-bit or float in [0, 1].
+            segmentation_maps (same kinds, *optional*):
+                Label maps of class indices, one per image; returned as `labels`.
+            landmarks (array-like of shape `(num_points, 2)` per image, *optional*):
+                (x, y) pixel coordinates in each original image; returned as `landmarks` in the resized frame.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"`, `"np"` or `None` (lists of numpy arrays).
+        """
+        do_resize = self.do_resize if do_resize is None else do_resize
+        size = self.size if size is None else ({"height": size, "width": size} if isinstance(size, int) else size)
+        resample = self.resample if resample is None else resample
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        image_mean = self.image_mean if image_mean is None else image_mean
+        image_std = self.image_std if image_std is None else image_std
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for SegFaceImageProcessor: {sorted(kwargs)}.")
+
+        image_list = [to_rgb(image) for image in _as_list(images)]
+        if not image_list:
+            raise SegFaceImageError("No images given.")
+        original_sizes = [(image.height, image.width) for image in image_list]
+        targets = [self._target_size(image, do_resize, size) for image in image_list]
+        pixel_values = [
+            self._image_to_array(image, target, resample, do_rescale, rescale_factor, do_normalize, image_mean,
+                                 image_std)
+            for image, target in zip(image_list, targets)
+        ]  # fmt: skip
+        data = {"pixel_values": pixel_values}
+
+        if segmentation_maps is not None:
+            map_list = [to_label_map(m) for m in _as_list(segmentation_maps)]
+            if len(map_list) != len(image_list):
+                raise SegFaceImageError(f"Got {len(map_list)} segmentation maps for {len(image_list)} images.")
+            labels = []
+            for label_map, target in zip(map_list, targets):
+                if (label_map.height, label_map.width) != target:
+                    label_map = label_map.resize((target[1], target[0]), resample=PIL.Image.NEAREST)
+                labels.append(np.asarray(label_map).astype(np.int64))
+            data["labels"] = labels
+
+        if landmarks is not None:
+            points = self._landmark_list(landmarks, len(image_list))
+            data["landmarks"] = [
+                (p * np.asarray([t[1] / o[1], t[0] / o[0]], np.float32)).astype(np.float32)
+                for p, t, o in zip(points, targets, original_sizes)
+            ]
+
+        if return_tensors in ("pt", "np"):
+            shapes = {array.shape for array in data["pixel_values"]}
+            if len(shapes) > 1:
+                raise SegFaceImageError(f"Cannot batch images of different sizes {sorted(shapes)} with do_resize=False.")
+            data = {key: np.stack(value) for key, value in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors if return_tensors in ("pt", "np") else None)
+
+    @staticmethod
+    def _landmark_list(landmarks, batch_size: int) -> list[np.ndarray]:
+        if torch is not None and isinstance(landmarks, torch.Tensor):
+            landmarks = landmarks.detach().cpu().numpy()
+        if isinstance(landmarks, np.ndarray) and landmarks.ndim == 2:
+            landmarks = [landmarks]
+        points = [np.asarray(p, dtype=np.float32) for p in landmarks]
+        if len(points) != batch_size:
+            raise SegFaceImageError(f"Got landmarks for {len(points)} images, but {batch_size} images.")
+        shapes = {p.shape for p in points}
+        if len(shapes) != 1 or any(len(s) != 2 or s[1] != 2 for s in shapes):
+            raise SegFaceImageError(f"landmarks must be (num_points, 2) per image, got shapes {sorted(shapes)}.")
+        if not all(np.isfinite(p).all() for p in points):
+            raise SegFaceImageError("landmarks contain NaN or infinity.")
+        return points
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list:
+        """Turn model outputs into one label map per image.
+
+        Args:
+            outputs ([`~transformers.modeling_outputs.SemanticSegmenterOutput`] or logits tensor):
+                The model's output.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                (height, width) per image, e.g. the original image sizes. The logits are bilinearly resized to each
+                before the argmax; without it the maps are at the model resolution.
+
+        Returns:
+            `list[torch.LongTensor]`: a `(height, width)` label map per image.
+        """
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"Got {len(target_sizes)} target sizes for {len(logits)} images.")
+        results = []
+        for index in range(len(logits)):
+            if target_sizes is None:
+                results.append(logits[index].argmax(dim=0))
+            else:
+                height, width = (int(v) for v in target_sizes[index])
+                results.append(resized_argmax(logits[index], (height, width)))
+        return results
+
+
+def resized_argmax(logits: "torch.Tensor", size: tuple[int, int], max_chunk_elements: int = 2**25) -> "torch.Tensor":
+    """Argmax of `logits` `(num_labels, h, w)` bilinearly resized to `size`, computed in row bands so that a
+    large target (e.g. an 8000x6000 photo) never materialises all upsampled logits at once."""
+    import torch.nn.functional as F
+
+    num_labels, in_height, in_width = logits.shape
+    height, width = size
+    if (height, width) == (in_height, in_width):
+        return logits.argmax(dim=0)
+    if num_labels * height * width <= max_chunk_elements:
+        resized = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
+        return resized[0].argmax(dim=0)
+    # Same sampling as F.interpolate(bilinear, align_corners=False): source = (dst + 0.5) * in/out - 0.5, clamped.
+    rows_per_band = max(1, max_chunk_elements // (num_labels * width))
+    device = logits.device
+    xs = ((torch.arange(width, device=device, dtype=torch.float64) + 0.5) * in_width / width - 0.5).clamp(min=0)
+    grid_x = (2 * xs + 1) / in_width - 1
+    output = torch.empty((height, width), dtype=torch.long, device=device)
+    source = logits[None].float()
+    for start in range(0, height, rows_per_band):
+        stop = min(height, start + rows_per_band)
+        ys = ((torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * in_height / height - 0.5)
+        grid_y = (2 * ys.clamp(min=0) + 1) / in_height - 1
+        grid = torch.stack(torch.meshgrid(grid_y, grid_x, indexing="ij")[::-1], dim=-1)[None].float()
+        band = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        output[start:stop] = band[0].argmax(dim=0)
+    return output
+
+
+__all__ = ["SegFaceImageProcessor"]

@@ -1,0 +1,559 @@
+"""PyTorch SegFace: face parsing with class tokens in a two-way transformer over multi-scale backbone features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoBackbone, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers import initialization as init
+
+from .configuration_segface import SegFaceConfig
+
+# Backbones whose `transformers` *Backbone class adds a norm to every output: for these the raw stage outputs
+# (what the original taps) are read from the base model's encoder instead.
+_RAW_STAGE_MODEL_TYPES = ("swin", "convnext")
+
+
+class SegFaceTimmBackbone(nn.Module):
+    """A timm model tapped at `out_indices` of its `feature_info`, optionally plus its final (pre-pooling) features.
+
+    Unlike `transformers.TimmBackbone`, this passes `model_args` to `timm.create_model` (the original's
+    BatchNorm epsilon must be set at construction) and can tap the head convolution, which timm's `features_only`
+    models drop (EfficientNetV2's fourth SegFace tap is `conv_head` + `bn2`).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        import timm
+
+        self.out_indices = list(config.out_indices)
+        self.final_features_as_last_tap = bool(getattr(config, "final_features_as_last_tap", False))
+        model_args = dict(getattr(config, "model_args", None) or {})
+        self.model = timm.create_model(
+            config.backbone, pretrained=False, num_classes=0, in_chans=config.num_channels, **model_args
+        )
+        feature_info = self.model.feature_info
+        self.channels = [feature_info[i]["num_chs"] for i in self.out_indices]
+        if self.final_features_as_last_tap:
+            self.channels.append(self.model.num_features)
+        else:
+            # Drop the blocks and head that no tap needs, so they are neither stored nor run.
+            self.model.prune_intermediate_layers(self.out_indices, prune_head=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        if self.final_features_as_last_tap:
+            final, taps = self.model.forward_intermediates(pixel_values, indices=self.out_indices)
+            return [*taps, final]
+        return self.model.forward_intermediates(
+            pixel_values, indices=self.out_indices, intermediates_only=True, stop_early=True
+        )
+
+
+class SegFaceBackbone(nn.Module):
+    """Runs the configured backbone and returns its four feature maps (strides 4, 8, 16, 32, NCHW)."""
+
+    def __init__(self, backbone_config):
+        super().__init__()
+        model_type = backbone_config.model_type
+        self.model_type = model_type
+        if model_type == "timm_backbone":
+            self.model = SegFaceTimmBackbone(backbone_config)
+            self.channels = self.model.channels
+        elif model_type in _RAW_STAGE_MODEL_TYPES:
+            from transformers import AutoModel
+
+            kwargs = {"add_pooling_layer": False} if model_type == "swin" else {}
+            self.model = AutoModel.from_config(backbone_config, **kwargs)
+            if model_type == "swin":
+                self.channels = [backbone_config.embed_dim * 2**i for i in range(len(backbone_config.depths))]
+            else:
+                self.channels = list(backbone_config.hidden_sizes)
+        else:
+            self.model = AutoBackbone.from_config(backbone_config)
+            self.channels = list(self.model.channels)
+        if len(self.channels) != 4:
+            raise ValueError(
+                f"SegFace needs 4 backbone feature maps (strides 4, 8, 16, 32), the backbone config gives "
+                f"{len(self.channels)}; set its out_features/out_indices to four stages."
+            )
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        if self.model_type == "timm_backbone":
+            return self.model(pixel_values)
+        if self.model_type == "swin":
+            # The stage outputs before patch merging, without the final norm or pooling of SwinModel.forward.
+            embeddings, dimensions = self.model.embeddings(pixel_values)
+            outputs = self.model.encoder(
+                embeddings, dimensions, output_hidden_states=True, output_hidden_states_before_downsampling=True
+            )
+            return list(outputs.reshaped_hidden_states[1:])
+        if self.model_type == "convnext":
+            embeddings = self.model.embeddings(pixel_values)
+            outputs = self.model.encoder(embeddings, output_hidden_states=True)
+            return list(outputs.hidden_states[1:])
+        return list(self.model(pixel_values).feature_maps)
+
+
+class SegFacePositionalEmbedding(nn.Module):
+    """Random-Fourier positional encoding of a feature grid (SAM's), from a stored Gaussian matrix."""
+
+    def __init__(self, config: SegFaceConfig):
+        super().__init__()
+        self.register_buffer("positional_embedding", torch.randn(2, config.hidden_size // 2))
+        self._cache: dict = {}
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """Encoding of a `height` x `width` grid, `(1, hidden_size, height, width)`; cached per size and weights."""
+        matrix = self.positional_embedding
+        compiling = torch.compiler.is_compiling()
+        key = (height, width, matrix.device, matrix.data_ptr(), matrix._version)
+        if not compiling and key in self._cache:
+            return self._cache[key]
+        # Cell centres normalised to [0, 1], x first, mapped to [-1, 1] and projected on the random frequencies.
+        ones = torch.ones((height, width), device=matrix.device, dtype=torch.float32)
+        y = (ones.cumsum(dim=0) - 0.5) / height
+        x = (ones.cumsum(dim=1) - 0.5) / width
+        coords = 2 * torch.stack([x, y], dim=-1) - 1
+        coords = 2 * math.pi * (coords @ matrix.float())
+        encoding = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1).unsqueeze(0)
+        if not compiling:
+            self._cache = {key: encoding}
+        return encoding
+
+
+class SegFaceAttention(nn.Module):
+    """Multi-head attention with an optional projection to a downsampled width (SAM's two-way attention)."""
+
+    def __init__(self, config: SegFaceConfig, downsample_rate: int = 1):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.internal_dim = config.hidden_size // downsample_rate
+        self.num_attention_heads = config.num_attention_heads
+        self.q_proj = nn.Linear(self.hidden_size, self.internal_dim)
+        self.k_proj = nn.Linear(self.hidden_size, self.internal_dim)
+        self.v_proj = nn.Linear(self.hidden_size, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, self.hidden_size)
+
+    def _split_heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, tokens, channels = hidden_states.shape
+        return hidden_states.reshape(batch, tokens, self.num_attention_heads, -1).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        query = self._split_heads(self.q_proj(query))
+        key = self._split_heads(self.k_proj(key))
+        value = self._split_heads(self.v_proj(value))
+        attended = F.scaled_dot_product_attention(query, key, value)
+        batch, heads, tokens, head_dim = attended.shape
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
+
+
+class SegFaceMLPBlock(nn.Module):
+    def __init__(self, config: SegFaceConfig):
+        super().__init__()
+        self.lin1 = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.lin2 = nn.Linear(config.mlp_dim, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(hidden_states)))
+
+
+class SegFaceTwoWayAttentionBlock(nn.Module):
+    """Self-attention of the class tokens, then token-to-image attention, an MLP, and image-to-token attention."""
+
+    def __init__(self, config: SegFaceConfig, skip_first_layer_pe: bool = False):
+        super().__init__()
+        rate = config.attention_downsample_rate
+        self.self_attn = SegFaceAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn_token_to_image = SegFaceAttention(config, downsample_rate=rate)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SegFaceMLPBlock(config)
+        self.layer_norm3 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm4 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn_image_to_token = SegFaceAttention(config, downsample_rate=rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.skip_first_layer_pe:
+            # As in SAM: the first block's self-attention has no residual connection.
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            query = queries + query_pe
+            queries = queries + self.self_attn(query, query, queries)
+        queries = self.layer_norm1(queries)
+
+        keys_with_pe = keys + key_pe
+        queries = self.layer_norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys))
+        queries = self.layer_norm3(queries + self.mlp(queries))
+        keys = self.layer_norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
+        return queries, keys
+
+
+class SegFaceTwoWayTransformer(nn.Module):
+    def __init__(self, config: SegFaceConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            SegFaceTwoWayAttentionBlock(config, skip_first_layer_pe=i == 0) for i in range(config.num_hidden_layers)
+        )
+        self.final_attn_token_to_image = SegFaceAttention(config, downsample_rate=config.attention_downsample_rate)
+        self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, class_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`image_embeddings` and `image_pe` are `(batch, tokens, hidden)`; the class tokens are their own PE."""
+        queries, keys = class_tokens, image_embeddings
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, query_pe=class_tokens, key_pe=image_pe)
+        attended = self.final_attn_token_to_image(queries + class_tokens, keys + image_pe, keys)
+        return self.layer_norm_final_attn(queries + attended), keys
+
+
+class SegFaceLayerNorm2d(nn.Module):
+    """Layer norm over the channels of an NCHW map."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mean = hidden_states.mean(1, keepdim=True)
+        variance = (hidden_states - mean).pow(2).mean(1, keepdim=True)
+        hidden_states = (hidden_states - mean) / torch.sqrt(variance + self.eps)
+        return self.weight[:, None, None] * hidden_states + self.bias[:, None, None]
+
+
+class SegFaceFeedForward(nn.Module):
+    """The hypernetwork MLP, shared by all class tokens: maps a token to the weights of its mask."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        self.proj_in = nn.Linear(input_dim, hidden_dim)
+        self.layers = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers - 2))
+        self.proj_out = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.relu(self.proj_in(hidden_states))
+        for layer in self.layers:
+            hidden_states = F.relu(layer(hidden_states))
+        return self.proj_out(hidden_states)
+
+
+class SegFaceMaskDecoder(nn.Module):
+    """Class tokens attend to the fused image features; each token's hypernetwork output weights the upscaled map."""
+
+    def __init__(self, config: SegFaceConfig):
+        super().__init__()
+        hidden, (mid, out) = config.hidden_size, config.upscale_channels
+        self.class_embeddings = nn.Embedding(config.num_labels, hidden)
+        self.transformer = SegFaceTwoWayTransformer(config)
+        self.upscale_conv1 = nn.ConvTranspose2d(hidden, mid, kernel_size=2, stride=2)
+        self.upscale_layer_norm = SegFaceLayerNorm2d(mid, eps=config.upscale_layer_norm_eps)
+        self.upscale_conv2 = nn.ConvTranspose2d(mid, out, kernel_size=2, stride=2)
+        self.activation = nn.GELU()
+        self.output_hypernetwork_mlp = SegFaceFeedForward(hidden, hidden, out, config.hypernetwork_num_layers)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = image_embeddings.shape
+        class_tokens = self.class_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+        image_tokens = image_embeddings.flatten(2).transpose(1, 2)
+        pe_tokens = image_pe.flatten(2).transpose(1, 2).to(image_tokens.dtype)
+        class_tokens, image_tokens = self.transformer(image_tokens, pe_tokens, class_tokens)
+
+        image_map = image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        upscaled = self.activation(self.upscale_layer_norm(self.upscale_conv1(image_map)))
+        upscaled = self.activation(self.upscale_conv2(upscaled))
+        mask_weights = self.output_hypernetwork_mlp(class_tokens)
+        _, out_channels, out_height, out_width = upscaled.shape
+        logits = mask_weights @ upscaled.reshape(batch, out_channels, out_height * out_width)
+        return logits.reshape(batch, -1, out_height, out_width)
+
+
+# The 5-point face template of FaRL/facer (eyes, nose tip, mouth corners, image-left first) on a 512 canvas.
+_FACE_TEMPLATE_512 = (196.0, 226.0, 316.0, 226.0, 256.0, 286.0, 220.0, 360.4, 292.0, 360.4)
+
+
+def face_alignment_matrix(landmarks: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
+    """Least-squares similarity transform `(batch, 3, 3)` from 5 landmarks `(batch, 5, 2)` to the face template
+    placed in a `target_size` (height, width) frame."""
+    template = torch.tensor(_FACE_TEMPLATE_512, dtype=torch.float32) / 256.0 - 1.0
+    template = template.reshape(5, 2).to(landmarks)
+    height, width = target_size
+    target = (template * 1.0 + 1) * torch.tensor([width - 1, height - 1]).to(landmarks) / 2.0
+    target = target.unsqueeze(0).broadcast_to(landmarks.shape)
+
+    source_mean = landmarks.mean(dim=1, keepdim=True)
+    target_mean = target.mean(dim=1, keepdim=True)
+    source_delta = landmarks - source_mean
+    target_delta = target - target_mean
+    norm = source_delta.square().sum([1, 2])
+    cos_part = (target_delta * source_delta).sum([1, 2]) / norm
+    sin_part = (target_delta[:, :, 0] * source_delta[:, :, 1] - target_delta[:, :, 1] * source_delta[:, :, 0]).sum(
+        [1]
+    ) / norm
+    shift_x = target_mean[:, 0, 0] - cos_part * source_mean[:, 0, 0] - sin_part * source_mean[:, 0, 1]
+    shift_y = target_mean[:, 0, 1] + sin_part * source_mean[:, 0, 0] - cos_part * source_mean[:, 0, 1]
+    ones, zeros = torch.ones_like(norm), torch.zeros_like(norm)
+    rows = [cos_part, sin_part, shift_x, -sin_part, cos_part, shift_y, zeros, zeros, ones]
+    return torch.stack(rows, dim=-1).reshape(-1, 3, 3)
+
+
+def _pixel_coordinates(batch: int, height: int, width: int, device) -> torch.Tensor:
+    """Integer pixel coordinates `(batch, height * width, 2)` as (x, y), row-major."""
+    yy, xx = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    grid = torch.stack([xx, yy], dim=-1).to(device)
+    return grid.reshape(1, height * width, 2).broadcast_to(batch, height * width, 2)
+
+
+def _apply_homography(coords: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    homogeneous = torch.cat([coords, torch.ones_like(coords[:, :, [0]])], dim=-1)
+    homogeneous = torch.bmm(homogeneous, matrix.transpose(2, 1))
+    return homogeneous[:, :, :2] / homogeneous[:, :, [2, 2]]
+
+
+def face_warp_grid(
+    matrix: torch.Tensor, warp_factor: float, warped_size: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
+    """`grid_sample` grid `(batch, *warped_size, 2)` that tanh-warps an `input_size` image onto the aligned face.
+
+    The arithmetic, including its index/size normalisation with `align_corners=False`, follows the original
+    (FaRL's) implementation operation by operation, so that warped images agree bit for bit.
+    """
+    warped_h, warped_w = warped_size
+    size = torch.tensor([[warped_w, warped_h]]).to(matrix)
+    coords = _pixel_coordinates(matrix.size(0), warped_h, warped_w, matrix.device)
+    if warp_factor > 0:
+        coords = coords / size * 2 - 1
+        upper = torch.clamp((coords - 1.0 + warp_factor) / warp_factor, -1 + 1e-3, 1 - 1e-3).arctanh()
+        lower = torch.clamp((coords + 1.0 - warp_factor) / warp_factor, -1 + 1e-3, 1 - 1e-3).arctanh()
+        upper = upper * warp_factor + 1.0 - warp_factor
+        lower = lower * warp_factor - 1.0 + warp_factor
+        coords = torch.where(coords > 1.0 - warp_factor, upper, torch.where(coords < -1.0 + warp_factor, lower, coords))
+        coords = (coords + 1) / 2 * size
+    coords = _apply_homography(coords, torch.linalg.inv(matrix))
+    input_h, input_w = input_size
+    input_scale = torch.tensor([input_w, input_h]).to(matrix).reshape(1, 1, 1, 2)
+    return coords.reshape(matrix.size(0), warped_h, warped_w, 2) / input_scale * 2 - 1
+
+
+def face_unwarp_grid(
+    matrix: torch.Tensor, warp_factor: float, warped_size: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
+    """`grid_sample` grid `(batch, *input_size, 2)` that maps the aligned, warped frame back to the input frame."""
+    warped_h, warped_w = warped_size
+    input_h, input_w = input_size
+    size = torch.tensor([[warped_w, warped_h]]).to(matrix)
+    coords = _apply_homography(_pixel_coordinates(matrix.size(0), input_h, input_w, matrix.device), matrix)
+    if warp_factor > 0:
+        coords = coords / size * 2 - 1
+        upper = torch.tanh((coords - 1.0 + warp_factor) / warp_factor) * warp_factor + 1.0 - warp_factor
+        lower = torch.tanh((coords + 1.0 - warp_factor) / warp_factor) * warp_factor - 1.0 + warp_factor
+        coords = torch.where(coords > 1.0 - warp_factor, upper, torch.where(coords < -1.0 + warp_factor, lower, coords))
+        coords = (coords + 1) / 2 * size
+    warped_scale = torch.tensor([warped_w, warped_h]).to(matrix).reshape(1, 1, 1, 2)
+    return coords.reshape(matrix.size(0), input_h, input_w, 2) / warped_scale * 2 - 1
+
+
+def segface_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ce_weight: float = 0.5,
+    dice_weight: float = 0.5,
+    ignore_index: int = 255,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """The original's training loss: `ce_weight` x cross-entropy + `dice_weight` x soft Dice.
+
+    Dice is computed per class over the whole batch on the softmax probabilities, background included, and averaged
+    over all classes; pixels labelled `ignore_index` are left out of both terms.
+    """
+    num_labels = logits.shape[1]
+    labels = labels.long()
+    valid = labels != ignore_index
+    if bool(((labels < 0) | (labels >= num_labels)).logical_and(valid).any()):
+        found = sorted(torch.unique(labels[valid]).tolist())
+        raise ValueError(
+            f"labels hold values {found} outside the model's {num_labels} classes (0..{num_labels - 1}) "
+            f"and the ignore value {ignore_index}; check the label set."
+        )
+    logits = logits.float()
+    cross_entropy = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    probabilities = logits.softmax(dim=1)
+    one_hot = F.one_hot(labels.where(valid, 0), num_labels).permute(0, 3, 1, 2).float()
+    if not bool(valid.all()):
+        mask = valid.unsqueeze(1).float()
+        probabilities = probabilities * mask
+        one_hot = one_hot * mask
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    target_sum = (one_hot * one_hot).sum(dim=(0, 2, 3))
+    prediction_sum = (probabilities * probabilities).sum(dim=(0, 2, 3))
+    dice = (2 * intersection + smooth) / (prediction_sum + target_sum + smooth)
+    dice_loss = (1 - dice).mean()
+    return ce_weight * cross_entropy + dice_weight * dice_loss
+
+
+class SegFacePreTrainedModel(PreTrainedModel):
+    config_class = SegFaceConfig
+    config: SegFaceConfig
+    base_model_prefix = "segface"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _supports_sdpa = True
+    _no_split_modules = []
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        std = self.config.initializer_range
+        if isinstance(module, SegFacePositionalEmbedding):
+            init.normal_(module.positional_embedding, std=1.0)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, (nn.LayerNorm, SegFaceLayerNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
+    """SegFace: a backbone, per-scale projections fused at stride 4, and a class-token two-way transformer decoder.
+
+    With `config.use_face_warp` (the LaPa head) every image is first aligned from its 5 `landmarks` with a tanh
+    warp to `config.image_size`, and the logits are warped back to the input frame.
+    """
+
+    def __init__(self, config: SegFaceConfig):
+        super().__init__(config)
+        self.backbone = SegFaceBackbone(config.backbone_config)
+        self.feature_projections = nn.ModuleList(nn.Linear(c, config.hidden_size) for c in self.backbone.channels)
+        self.feature_fusion = nn.Conv2d(
+            config.hidden_size * len(self.backbone.channels), config.hidden_size, kernel_size=1, bias=False
+        )
+        self.positional_embedding = SegFacePositionalEmbedding(config)
+        self.mask_decoder = SegFaceMaskDecoder(config)
+        self.post_init()
+
+    def _fuse_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Project each scale to `hidden_size`, upsample to the stride-4 grid and fuse with a 1x1 convolution.
+
+        The concatenation runs from the coarsest scale to the finest, as in the original: the fusion weights depend
+        on that order.
+        """
+        target_size = features[0].shape[2:]
+        projected = []
+        for feature, projection in zip(features, self.feature_projections):
+            batch, _, height, width = feature.shape
+            feature = projection(feature.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(batch, -1, height, width)
+            projected.append(F.interpolate(feature, size=target_size, mode="bilinear", align_corners=False))
+        return self.feature_fusion(torch.cat(projected[::-1], dim=1))
+
+    def _segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = self.backbone(pixel_values)
+        fused = self._fuse_features(features)
+        image_pe = self.positional_embedding(fused.shape[2], fused.shape[3])
+        return self.mask_decoder(fused, image_pe), features
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | SemanticSegmenterOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Normalised images, as produced by [`SegFaceImageProcessor`].
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Ground-truth label maps; pixels equal to `config.loss_ignore_index` are ignored by the loss.
+            landmarks (`torch.FloatTensor` of shape `(batch_size, 5, 2)`, *optional*):
+                Five (x, y) face landmarks per image in the pixel frame of `pixel_values`: image-left eye,
+                image-right eye, nose tip, image-left and image-right mouth corners. Required when
+                `config.use_face_warp` is set (the LaPa models), ignored otherwise.
+            output_hidden_states (`bool`, *optional*):
+                Whether to return the four backbone feature maps as `hidden_states`.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`~transformers.modeling_outputs.SemanticSegmenterOutput`] or a tuple.
+
+        Returns:
+            [`~transformers.modeling_outputs.SemanticSegmenterOutput`] with `logits` of shape
+            `(batch_size, num_labels, height, width)` at the input resolution, and `loss` when `labels` are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[2:]
+        if height < 32 or width < 32:
+            raise ValueError(f"SegFace needs inputs of at least 32x32 pixels, got {height}x{width}.")
+
+        if self.config.use_face_warp:
+            logits, features = self._segment_with_face_warp(pixel_values, landmarks)
+        else:
+            logits, features = self._segment(pixel_values)
+        if logits.shape[2:] != (height, width):
+            # Inputs whose sides are not multiples of 4: the decoder works at 4x the stride-4 grid.
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
+        loss = None
+        if labels is not None:
+            if labels.shape[-2:] != logits.shape[-2:] or labels.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"labels of shape {tuple(labels.shape)} do not match the logits' (batch, height, width) = "
+                    f"{(logits.shape[0], *logits.shape[2:])}."
+                )
+            loss = segface_loss(
+                logits,
+                labels,
+                ce_weight=self.config.ce_loss_weight,
+                dice_weight=self.config.dice_loss_weight,
+                ignore_index=self.config.loss_ignore_index,
+            )
+
+        hidden_states = tuple(features) if output_hidden_states else None
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if output_hidden_states else ())
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def _segment_with_face_warp(
+        self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, _, height, width = pixel_values.shape
+        if landmarks is None:
+            raise ValueError(
+                "This SegFace model aligns faces from 5 landmarks (config.use_face_warp=True, the LaPa head): pass "
+                "`landmarks` of shape (batch_size, 5, 2) in the pixel frame of `pixel_values`, e.g. from the image "
+                "processor's `landmarks=` argument or segface_hf's face detector."
+            )
+        if landmarks.shape != (batch, 5, 2):
+            raise ValueError(f"landmarks must have shape ({batch}, 5, 2), got {tuple(landmarks.shape)}.")
+        size = (self.config.image_size, self.config.image_size)
+        matrix = face_alignment_matrix(landmarks.to(pixel_values.device, torch.float32), size)
+        warp = face_warp_grid(matrix, self.config.face_warp_factor, size, (height, width))
+        warped = F.grid_sample(pixel_values, warp.to(pixel_values.dtype), mode="bilinear", align_corners=False)
+        logits, features = self._segment(warped)
+        unwarp = face_unwarp_grid(matrix, self.config.face_warp_factor, size, (height, width))
+        logits = F.grid_sample(logits, unwarp.to(logits.dtype), mode="bilinear", align_corners=False)
+        return logits, features
+
+
+__all__ = ["SegFacePreTrainedModel", "SegFaceForSemanticSegmentation"]
