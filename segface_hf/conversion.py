@@ -20,7 +20,6 @@ import torch
 
 from .configuration_segface import (
     BACKBONE_PRESETS,
-    OFFICIAL_VARIANTS,
     SegFaceConfig,
     parse_variant,
 )
@@ -427,18 +426,25 @@ def _drop_reason(key: str) -> str:
 
 
 def _check_rebuilt_buffers(state_dict: dict, model, backbone: str) -> None:
-    """Swin's dropped index buffers must equal the ones transformers builds, or the attention would differ."""
+    """Swin's dropped index and coordinate buffers must equal the ones transformers builds, or attention differs."""
     if BACKBONE_PRESETS[backbone]["model_type"] not in ("swin", "swinv2"):
         return
     buffers = dict(model.named_buffers())
     for key, tensor in state_dict.items():
-        m = re.fullmatch(r"backbone\.0\.([1357])\.(\d+)\.attn\.relative_position_index", key)
+        m = re.fullmatch(r"backbone\.0\.([1357])\.(\d+)\.attn\.(relative_position_index|relative_coords_table)", key)
         if m is None:
             continue
         block = f"backbone.model.encoder.layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.attention."
-        candidates = [k for k in buffers if k.startswith(block) and k.endswith("relative_position_index")]
-        if candidates and not torch.equal(buffers[candidates[0]].reshape(-1).long(), tensor.reshape(-1).long()):
-            raise SegFaceCheckpointError(f"{key} differs from the index transformers builds for this window size.")
+        matches = [k for k in buffers if k.startswith(block) and k.endswith("." + m[3])]
+        if len(matches) != 1:
+            raise SegFaceCheckpointError(f"{key}: the converted model has no matching buffer to check it against.")
+        rebuilt = buffers[matches[0]]
+        if m[3] == "relative_position_index":
+            same = torch.equal(rebuilt.reshape(-1).long(), tensor.reshape(-1).long())
+        else:
+            same = rebuilt.shape == tensor.shape and torch.allclose(rebuilt.float(), tensor.float(), atol=1e-6)
+        if not same:
+            raise SegFaceCheckpointError(f"{key} differs from the buffer transformers builds for this window size.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -458,9 +464,7 @@ def convert_original_checkpoint(
     from .image_processing_segface import SegFaceImageProcessor
     from .modeling_segface import SegFaceForSemanticSegmentation
 
-    if variant not in OFFICIAL_VARIANTS:
-        parse_variant(variant)  # raises a clear error for malformed names
-    backbone, dataset, resolution = parse_variant(variant)
+    backbone, dataset, resolution = parse_variant(variant)  # a clear error for unknown names
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
