@@ -288,8 +288,14 @@ class SegFaceImageProcessor(BaseImageProcessor):
     def _landmark_list(landmarks, batch_size: int) -> list[np.ndarray]:
         if torch is not None and isinstance(landmarks, torch.Tensor):
             landmarks = landmarks.detach().cpu().numpy()
-        if isinstance(landmarks, np.ndarray) and landmarks.ndim == 2:
-            landmarks = [landmarks]
+        try:
+            as_array = np.asarray(landmarks, dtype=np.float32)
+        except (ValueError, TypeError):
+            as_array = None  # ragged: one array per image with different point counts
+        if as_array is not None and as_array.ndim == 2:
+            landmarks = [as_array]  # one image's (num_points, 2), as an array or a nested list
+        elif as_array is not None and as_array.ndim == 3:
+            landmarks = list(as_array)
         points = [np.asarray(p, dtype=np.float32) for p in landmarks]
         if len(points) != batch_size:
             raise SegFaceImageError(f"Got landmarks for {len(points)} images, but {batch_size} images.")

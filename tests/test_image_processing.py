@@ -133,6 +133,12 @@ def test_landmarks_are_rescaled_into_the_resized_frame(processor):
     out = processor(np.zeros((40, 50, 3), np.uint8), landmarks=points)
     assert out["landmarks"].shape == (1, 5, 2)
     assert np.allclose(out["landmarks"][0].numpy(), points * np.array([32 / 50, 32 / 40]))
+    as_list = processor(np.zeros((40, 50, 3), np.uint8), landmarks=points.tolist())["landmarks"]
+    assert torch.equal(as_list, out["landmarks"])
+    batch = processor([np.zeros((40, 50, 3), np.uint8)] * 2, landmarks=[points.tolist(), (points + 1).tolist()])
+    assert batch["landmarks"].shape == (2, 5, 2)
+    with pytest.raises(SegFaceImageError, match="landmarks for 1 images, but 2 images"):
+        processor([np.zeros((40, 50, 3), np.uint8)] * 2, landmarks=points)
     with pytest.raises(SegFaceImageError, match=r"\(num_points, 2\)"):
         processor(np.zeros((40, 50, 3), np.uint8), landmarks=np.zeros((1, 5, 3)))
 
