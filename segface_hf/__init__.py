@@ -35,6 +35,8 @@ SegFaceConfig.register_for_auto_class()
 SegFaceForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 SegFaceImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+from . import pipeline_support  # noqa: E402,F401  (pipeline("image-segmentation") support)
+
 __all__ = [
     "CELEBAMASK_HQ_LABELS",
     "HELEN_LABELS",
