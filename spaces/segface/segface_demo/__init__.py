@@ -1,0 +1,1 @@
+"""The SegFace demo Space: model choices and loading (`models`), parsing and pictures (`inference`), the page (`ui`)."""
