@@ -11,17 +11,8 @@ from datasets.splits import SplitDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
+from ..model_card import SEGFACE_CITATION
 from .common import BuildPlan
-
-SEGFACE_CITATION = """@inproceedings{narayan2025segface,
-  title={SegFace: Face Segmentation of Long-Tail Classes},
-  author={Narayan, Kartik and VS, Vibashan and Patel, Vishal M.},
-  booktitle={Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume={39},
-  number={6},
-  pages={6182--6190},
-  year={2025}
-}"""
 
 COLUMN_DOCS = {
     "id": "sample id (the file stem of the raw data)",
