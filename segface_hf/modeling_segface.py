@@ -8,15 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoBackbone, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SemanticSegmenterOutput
-from transformers import initialization as init
 
 from .configuration_segface import SegFaceConfig
 
 # Backbones whose `transformers` *Backbone class adds a norm to every output: for these the raw stage outputs
 # (what the original taps) are read from the base model's encoder instead.
 _RAW_STAGE_MODEL_TYPES = ("swin", "convnext")
+# Convolutional backbones, which the fast path feeds channels-last inputs.
+_CHANNELS_LAST_MODEL_TYPES = ("timm_backbone", "convnext", "convnextv2", "resnet")
 
 
 class SegFaceTimmBackbone(nn.Module):
@@ -61,6 +63,9 @@ class SegFaceBackbone(nn.Module):
         super().__init__()
         model_type = backbone_config.model_type
         self.model_type = model_type
+        # Convolutional networks run faster on channels-last inputs (oneDNN/cuDNN pick NHWC kernels and the
+        # channels-last layer norms of ConvNeXt need no copies); the transformers' patch embedding does not care.
+        self.prefers_channels_last = model_type in _CHANNELS_LAST_MODEL_TYPES
         if model_type == "timm_backbone":
             self.model = SegFaceTimmBackbone(backbone_config)
             self.channels = self.model.channels
@@ -82,12 +87,17 @@ class SegFaceBackbone(nn.Module):
                 f"{len(self.channels)}; set its out_features/out_indices to four stages."
             )
 
-    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, fast: bool = False) -> list[torch.Tensor]:
+        """The four feature maps. With `fast` (in eval mode, outside `torch.compile`/export), Swin's window attention
+        runs its projections on the image's own tokens only (see `_SwinWindows`); the maps may then be channels-last
+        views rather than contiguous NCHW tensors."""
         if self.model_type == "timm_backbone":
             return self.model(pixel_values)
         if self.model_type == "swin":
             # The stage outputs before patch merging, without the final norm or pooling of SwinModel.forward.
             embeddings, dimensions = self.model.embeddings(pixel_values)
+            if fast and not self.training and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+                return self._swin_stages(embeddings, dimensions)
             outputs = self.model.encoder(
                 embeddings, dimensions, output_hidden_states=True, output_hidden_states_before_downsampling=True
             )
@@ -98,20 +108,156 @@ class SegFaceBackbone(nn.Module):
             return list(outputs.hidden_states[1:])
         return list(self.model(pixel_values).feature_maps)
 
+    def _swin_stages(self, hidden_states: torch.Tensor, dimensions: tuple[int, int]) -> list[torch.Tensor]:
+        """`SwinEncoder` in eval mode, each block through `_swin_block`; returns the pre-merging stage maps."""
+        features = []
+        for stage in self.model.encoder.layers:
+            for block in stage.blocks:
+                hidden_states = _swin_block(block, hidden_states, dimensions, self._swin_windows)
+            batch, _, channels = hidden_states.shape
+            features.append(hidden_states.view(batch, *dimensions, channels).permute(0, 3, 1, 2))
+            if stage.downsample is not None:
+                hidden_states = stage.downsample(hidden_states, dimensions)
+                dimensions = ((dimensions[0] + 1) // 2, (dimensions[1] + 1) // 2)
+        return features
+
+    @property
+    def _swin_windows(self) -> dict:
+        if not hasattr(self, "_swin_window_cache"):
+            self._swin_window_cache = {}
+        return self._swin_window_cache
+
+
+def _swin_window_indices(
+    height: int, width: int, window: int, shift: int, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where Swin's padded, cyclically shifted, window-partitioned layout takes its tokens from.
+
+    Returns, for a batch of `height` x `width` token maps: for every window position the row of the `(batch * height
+    * width)` token matrix it copies (0 for padding), the window positions that are padding, and for every token the
+    window position that holds it.
+    """
+    padded_height = height + (window - height % window) % window
+    padded_width = width + (window - width % window) % window
+    # After torch.roll by -shift, position (i, j) of the padded map holds padded position (i + shift, j + shift).
+    rows = (torch.arange(padded_height, device=device) + shift) % padded_height
+    cols = (torch.arange(padded_width, device=device) + shift) % padded_width
+    real = (rows[:, None] < height) & (cols[None, :] < width)
+    source = torch.where(real, rows[:, None] * width + cols[None, :], -1)
+    # Window partition: windows in row-major order, positions row-major within each window.
+    source = source.view(padded_height // window, window, padded_width // window, window).permute(0, 2, 1, 3)
+    source = source.reshape(-1)
+    positions = source.numel()
+    offsets = torch.arange(batch, device=device)[:, None]
+    batched = source[None, :] + offsets * (height * width)
+    padding = (source < 0).nonzero().view(-1)
+    padding = (padding[None, :] + offsets * positions).reshape(-1)
+    gather = torch.where(source[None, :] >= 0, batched, 0).reshape(-1)
+    inverse = torch.empty(height * width, dtype=torch.long, device=device)
+    inverse[source[source >= 0]] = torch.arange(positions, device=device)[source >= 0]
+    inverse = (inverse[None, :] + offsets * positions).reshape(-1)
+    return gather, padding, inverse
+
+
+def _swin_block(block: nn.Module, hidden_states: torch.Tensor, dimensions: tuple[int, int], cache: dict):
+    """A `transformers` `SwinLayer` in eval mode, computing the same function with less work.
+
+    The layer pads the normalised tokens with zeros to whole windows, shifts them cyclically, partitions them into
+    windows and projects every window position to queries, keys and values; after attention it projects every
+    position, reverses the partition and the shift and crops the padding. Projections are per token and a padding
+    token's projection is just the bias, so here the projections run on the image's own tokens only (the padding
+    share of Swin-B's stage 4 at 512 pixels is 42%), and the shift, partition and their inverses are two row gathers.
+    """
+    height, width = dimensions
+    block.set_shift_and_window_size(dimensions)
+    window, shift = int(block.window_size), int(block.shift_size)
+    batch, tokens, channels = hidden_states.shape
+    attention = block.attention
+    key = (height, width, window, shift, batch, hidden_states.device)
+    if key not in cache:
+        cache[key] = _swin_window_indices(height, width, window, shift, batch, hidden_states.device)
+    gather, padding, inverse = cache[key]
+
+    normed = block.layernorm_before(hidden_states).view(batch * tokens, channels)
+    area = window * window
+    head_dim = attention.head_dim
+    windows = []
+    for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+        states = projection(normed).index_select(0, gather)
+        if padding.numel():
+            fill = projection.bias if projection.bias is not None else states.new_zeros(channels)
+            states[padding] = fill.to(states.dtype)
+        windows.append(states.view(-1, area, attention.num_attention_heads, head_dim).transpose(1, 2))
+    query, key_states, value = windows
+    num_windows = query.shape[0] // batch
+
+    mask = attention.relative_position_bias()
+    shift_mask = block.get_attn_mask(
+        height + (window - height % window) % window, width + (window - width % window) % window,
+        dtype=hidden_states.dtype, device=hidden_states.device,
+    )  # fmt: skip
+    if shift_mask is not None:
+        shift_mask = shift_mask.unsqueeze(1).unsqueeze(0).expand(batch, num_windows, 1, area, area)
+        mask = mask + shift_mask.reshape(-1, 1, area, area)
+    attended = F.scaled_dot_product_attention(query, key_states, value, attn_mask=mask, scale=attention.scaling)
+    attended = attended.transpose(1, 2).reshape(-1, channels).index_select(0, inverse)
+    hidden_states = hidden_states + attention.o_proj(attended).view(batch, tokens, channels)
+    return hidden_states + block.mlp(block.layernorm_after(hidden_states))
+
+
+# Work on full-resolution maps is split into blocks of about this many stride-4 tokens on the CPU, so that each
+# block's intermediates stay in cache and reuse memory instead of faulting in fresh pages (0 turns blocks off).
+_CPU_CHUNK_TOKENS = 4096
+
+
+def _cpu_row_chunks(tensor: torch.Tensor, batch: int, height: int, width: int) -> list[tuple[int, ...]] | None:
+    """Blocks `(first image, end image, first row, end row)` of about `_CPU_CHUNK_TOKENS` tokens for eager CPU work,
+    or None to process everything at once (accelerators, and tracing for `torch.compile`/export, where one large
+    operation serves better and the batch size may be symbolic)."""
+    if _CPU_CHUNK_TOKENS <= 0 or tensor.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if batch * height * width <= _CPU_CHUNK_TOKENS:
+        return None
+    if height * width <= _CPU_CHUNK_TOKENS:  # whole images, several at a time
+        images = _CPU_CHUNK_TOKENS // (height * width)
+        return [(first, min(first + images, batch), 0, height) for first in range(0, batch, images)]
+    rows = max(1, _CPU_CHUNK_TOKENS // width)
+    return [
+        (image, image + 1, first, min(first + rows, height))
+        for image in range(batch)
+        for first in range(0, height, rows)
+    ]
+
+
+def _fold_linear(
+    outer: torch.Tensor, inner_weight: torch.Tensor, inner_bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of `x -> outer @ (inner_weight @ x + inner_bias)`, computed in at least float32 precision."""
+    dtype = torch.promote_types(outer.dtype, torch.float32)
+    weight = (outer.to(dtype) @ inner_weight.to(dtype)).to(outer.dtype)
+    if inner_bias is None:
+        return weight, torch.zeros(outer.shape[0], dtype=outer.dtype, device=outer.device)
+    return weight, (outer.to(dtype) @ inner_bias.to(dtype)).to(outer.dtype)
+
 
 class SegFacePositionalEmbedding(nn.Module):
-    """Random-Fourier positional encoding of a feature grid (SAM's), from a stored Gaussian matrix."""
+    """Random-Fourier positional encoding of a feature grid (SAM's), from a stored Gaussian matrix.
+
+    The encoding depends only on the grid size and the stored matrix, so it is computed once per size, dtype and
+    matrix state and reused (except while tracing for `torch.compile`/export, where it becomes part of the graph).
+    """
 
     def __init__(self, config: SegFaceConfig):
         super().__init__()
         self.register_buffer("positional_embedding", torch.randn(2, config.hidden_size // 2))
         self._cache: dict = {}
 
-    def forward(self, height: int, width: int) -> torch.Tensor:
-        """Encoding of a `height` x `width` grid, `(1, hidden_size, height, width)`; cached per size and weights."""
+    def _channels_last(self, height: int, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The encoding as a contiguous `(1, height, width, hidden_size)` tensor."""
         matrix = self.positional_embedding
+        dtype = dtype or torch.float32
         compiling = torch.compiler.is_compiling()
-        key = (height, width, matrix.device, matrix.data_ptr(), matrix._version)
+        key = (height, width, dtype, matrix.device, matrix.data_ptr(), matrix._version)
         if not compiling and key in self._cache:
             return self._cache[key]
         # Cell centres normalised to [0, 1], x first, mapped to [-1, 1] and projected on the random frequencies.
@@ -120,10 +266,19 @@ class SegFacePositionalEmbedding(nn.Module):
         x = (ones.cumsum(dim=1) - 0.5) / width
         coords = 2 * torch.stack([x, y], dim=-1) - 1
         coords = 2 * math.pi * (coords @ matrix.float())
-        encoding = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1).unsqueeze(0)
+        encoding = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).unsqueeze(0).to(dtype)
         if not compiling:
             self._cache = {key: encoding}
         return encoding
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """Encoding of a `height` x `width` grid, `(1, hidden_size, height, width)` (a channels-last view)."""
+        return self._channels_last(height, width).permute(0, 3, 1, 2)
+
+    def tokens(self, height: int, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Encoding of a `height` x `width` grid as row-major tokens, `(1, height * width, hidden_size)`."""
+        encoding = self._channels_last(height, width, dtype)
+        return encoding.view(1, height * width, encoding.shape[-1])
 
 
 class SegFaceAttention(nn.Module):
@@ -140,16 +295,41 @@ class SegFaceAttention(nn.Module):
         self.out_proj = nn.Linear(self.internal_dim, self.hidden_size)
 
     def _split_heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, tokens, channels = hidden_states.shape
+        batch, tokens, _ = hidden_states.shape
         return hidden_states.reshape(batch, tokens, self.num_attention_heads, -1).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        query = self._split_heads(self.q_proj(query))
-        key = self._split_heads(self.k_proj(key))
-        value = self._split_heads(self.v_proj(value))
-        attended = F.scaled_dot_product_attention(query, key, value)
+        return self.attend(self.q_proj(query), self.k_proj(key), self.v_proj(value))
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Attention of already projected `(batch, tokens, internal_dim)` queries, keys and values."""
+        attended = F.scaled_dot_product_attention(
+            self._split_heads(query), self._split_heads(key), self._split_heads(value)
+        )
         batch, heads, tokens, head_dim = attended.shape
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
+
+    def attend_to_image(
+        self, query: torch.Tensor, image_tokens: torch.Tensor, image_pe: torch.Tensor, chunks: list | None
+    ) -> torch.Tensor:
+        """`forward(query, image_tokens + image_pe, image_tokens)`, projecting the image tokens block by block."""
+        if chunks is None:
+            return self(query, image_tokens + image_pe, image_tokens)
+        batch, tokens, _ = image_tokens.shape
+        key = image_tokens.new_empty(batch, tokens, self.internal_dim)
+        value = image_tokens.new_empty(batch, tokens, self.internal_dim)
+        for first, end, start, stop in chunks:
+            block = image_tokens[first:end, start:stop]
+            key[first:end, start:stop] = self.k_proj(block + image_pe[:, start:stop])
+            value[first:end, start:stop] = self.v_proj(block)
+        return self.attend(self.q_proj(query), key, value)
+
+    def image_queries(
+        self, image_tokens: torch.Tensor, image_pe: torch.Tensor, token_keys: torch.Tensor, token_values: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward(image_tokens + image_pe, token_keys, token_values)` with the tokens' projections hoisted out, so
+        that the image tokens can be processed block by block without recomputing them."""
+        return self.attend(self.q_proj(image_tokens + image_pe), token_keys, token_values)
 
 
 class SegFaceMLPBlock(nn.Module):
@@ -180,8 +360,17 @@ class SegFaceTwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        chunks: list | None = None,
+        keys_writable: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`chunks` (`(first image, end image, first token, end token)` blocks) makes the per-image-token work run
+        block by block;
+        with `keys_writable` (and autograd off) the updated image tokens are written over `keys`."""
         if self.skip_first_layer_pe:
             # As in SAM: the first block's self-attention has no residual connection.
             queries = self.self_attn(queries, queries, queries)
@@ -190,11 +379,28 @@ class SegFaceTwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(query, query, queries)
         queries = self.layer_norm1(queries)
 
-        keys_with_pe = keys + key_pe
-        queries = self.layer_norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys))
+        if chunks is None:
+            keys_with_pe = keys + key_pe
+            attended = self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys)
+        else:
+            attended = self.cross_attn_token_to_image.attend_to_image(queries + query_pe, keys, key_pe, chunks)
+        queries = self.layer_norm2(queries + attended)
         queries = self.layer_norm3(queries + self.mlp(queries))
-        keys = self.layer_norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
-        return queries, keys
+        if chunks is None:
+            keys = self.layer_norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
+            return queries, keys
+
+        # Image-to-token attention is per image token: each block goes through it, the residual and the norm alone.
+        attention = self.cross_attn_image_to_token
+        token_keys, token_values = attention.k_proj(queries + query_pe), attention.v_proj(queries)
+        updated = keys if keys_writable and not torch.is_grad_enabled() else torch.empty_like(keys)
+        for first, end, start, stop in chunks:
+            block = keys[first:end, start:stop]
+            attended = attention.image_queries(
+                block, key_pe[:, start:stop], token_keys[first:end], token_values[first:end]
+            )
+            updated[first:end, start:stop] = self.layer_norm4(block + attended)
+        return queries, updated
 
 
 class SegFaceTwoWayTransformer(nn.Module):
@@ -207,13 +413,24 @@ class SegFaceTwoWayTransformer(nn.Module):
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, class_tokens: torch.Tensor
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        class_tokens: torch.Tensor,
+        chunks: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`image_embeddings` and `image_pe` are `(batch, tokens, hidden)`; the class tokens are their own PE."""
+        """`image_embeddings` and `image_pe` are `(batch, tokens, hidden)`; the class tokens are their own PE.
+
+        With `chunks` (`(first image, end image, first token, end token)` blocks covering every image token), the work on image
+        tokens runs block by block, which keeps it in cache on CPUs; the result is the same up to float rounding.
+        """
         queries, keys = class_tokens, image_embeddings
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=class_tokens, key_pe=image_pe)
-        attended = self.final_attn_token_to_image(queries + class_tokens, keys + image_pe, keys)
+        for index, layer in enumerate(self.layers):
+            # The first layer must not overwrite the caller's tensor; later ones own the keys they update.
+            queries, keys = layer(
+                queries, keys, query_pe=class_tokens, key_pe=image_pe, chunks=chunks, keys_writable=index > 0
+            )
+        attended = self.final_attn_token_to_image.attend_to_image(queries + class_tokens, keys, image_pe, chunks)
         return self.layer_norm_final_attn(queries + attended), keys
 
 
@@ -250,7 +467,14 @@ class SegFaceFeedForward(nn.Module):
 
 
 class SegFaceMaskDecoder(nn.Module):
-    """Class tokens attend to the fused image features; each token's hypernetwork output weights the upscaled map."""
+    """Class tokens attend to the fused image features; each token's hypernetwork output weights the upscaled map.
+
+    `forward` works on channels-last tokens throughout: each stride-2, kernel-2 transposed convolution is one matrix
+    product per input pixel (every input pixel owns its own 2x2 output block), the channel layer norm between them
+    is a plain layer norm over the last dimension, and the only layout changes are two block-wise copies that
+    interleave the 2x2 blocks into rows. `forward_reference` is the original's NCHW computation, kept to check
+    that both agree.
+    """
 
     def __init__(self, config: SegFaceConfig):
         super().__init__()
@@ -263,7 +487,72 @@ class SegFaceMaskDecoder(nn.Module):
         self.activation = nn.GELU()
         self.output_hypernetwork_mlp = SegFaceFeedForward(hidden, hidden, out, config.hypernetwork_num_layers)
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_tokens: torch.Tensor, image_pe: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Logits `(batch, num_labels, 4 * height, 4 * width)` from row-major image tokens `(batch, height * width,
+        hidden)` and their positional encoding `(1, height * width, hidden)`."""
+        batch = image_tokens.shape[0]
+        class_tokens = self.class_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+        row_chunks = _cpu_row_chunks(image_tokens, batch, height, width)
+        token_chunks = None if row_chunks is None else [(i, j, a * width, b * width) for i, j, a, b in row_chunks]
+        class_tokens, image_tokens = self.transformer(image_tokens, image_pe, class_tokens, chunks=token_chunks)
+        mask_weights = self.output_hypernetwork_mlp(class_tokens)
+        return self._upscale_and_classify(image_tokens, mask_weights, height, width, row_chunks)
+
+    def _upscale_and_classify(
+        self, image_tokens: torch.Tensor, mask_weights: torch.Tensor, height: int, width: int, chunks: list | None
+    ) -> torch.Tensor:
+        batch, _, hidden = image_tokens.shape
+        conv1, conv2 = self.upscale_conv1, self.upscale_conv2
+        # Transposed-conv weights are (in, out, dy, dx): as a matrix from `in` to the 2x2 block's (dy, dx, out).
+        # The second one's columns are ordered (dx, dy, out) so that, for a fixed dy, the pixels of an output row
+        # are evenly strided in memory and the class products read them without a copy.
+        weight1 = conv1.weight.permute(0, 2, 3, 1).reshape(hidden, 4 * conv1.out_channels)
+        weight2 = conv2.weight.permute(0, 3, 2, 1).reshape(conv1.out_channels, 4 * conv2.out_channels)
+        bias1, bias2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
+        num_labels = mask_weights.shape[1]
+        grid = image_tokens.view(batch, height, width, hidden)
+        if chunks is None:
+            rows = self._upscale_rows(grid, mask_weights, weight1, bias1, weight2, bias2)
+            logits = torch.stack(rows, dim=3)
+        else:
+            # On the CPU, a few token rows at a time: the full-resolution intermediates of each block stay in cache.
+            logits = image_tokens.new_empty(batch, num_labels, 2 * height, 2, 4 * width)
+            for first, end, start, stop in chunks:
+                rows = self._upscale_rows(
+                    grid[first:end, start:stop], mask_weights[first:end], weight1, bias1, weight2, bias2
+                )
+                for dy, row in enumerate(rows):
+                    logits[first:end, :, 2 * start : 2 * stop, dy].copy_(row)
+        return logits.view(batch, num_labels, 4 * height, 4 * width)
+
+    def _upscale_rows(
+        self,
+        grid: torch.Tensor,
+        mask_weights: torch.Tensor,
+        weight1: torch.Tensor,
+        bias1: torch.Tensor,
+        weight2: torch.Tensor,
+        bias2: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Logits of a block of token rows `(batch, rows, width, hidden)`: for the even and the odd output rows of
+        each 2x2 block of the second upscaling, `(batch, num_labels, 2 * rows, 4 * width)`."""
+        batch, rows, width, hidden = grid.shape
+        mid, out = weight1.shape[1] // 4, weight2.shape[1] // 4
+        norm = self.upscale_layer_norm
+        upscaled = torch.addmm(bias1, grid.reshape(-1, hidden), weight1).view(batch, rows, width, 2, 2, mid)
+        upscaled = self.activation(F.layer_norm(upscaled, (mid,), norm.weight, norm.bias, norm.eps))
+        # Interleave the blocks: (batch, y, dy, x, dx, mid) is the 2h x 2w map with channels last.
+        upscaled = upscaled.permute(0, 1, 3, 2, 4, 5).reshape(-1, mid)
+        pixels = self.activation(torch.addmm(bias2, upscaled, weight2)).view(batch, 2 * rows, 4 * width, 2, out)
+        return [
+            torch.bmm(mask_weights, pixels[:, :, :, dy].reshape(batch, 8 * rows * width, out).transpose(1, 2)).view(
+                batch, -1, 2 * rows, 4 * width
+            )
+            for dy in range(2)
+        ]
+
+    def forward_reference(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+        """The original's computation: `image_embeddings` and `image_pe` are NCHW maps; returns the logits."""
         batch, channels, height, width = image_embeddings.shape
         class_tokens = self.class_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
         image_tokens = image_embeddings.flatten(2).transpose(1, 2)
@@ -321,6 +610,21 @@ def _apply_homography(coords: torch.Tensor, matrix: torch.Tensor) -> torch.Tenso
     return homogeneous[:, :, :2] / homogeneous[:, :, [2, 2]]
 
 
+def _inverse_3x3(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of 3x3 matrices: `torch.linalg.inv`, or its closed form (adjugate over determinant) while
+    exporting, since ONNX has no matrix inverse operator. The two agree up to float rounding."""
+    if not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+        return torch.linalg.inv(matrix)
+    a, b, c = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
+    d, e, f = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
+    g, h, i = matrix[:, 2, 0], matrix[:, 2, 1], matrix[:, 2, 2]
+    cofactors = [e * i - f * h, c * h - b * i, b * f - c * e,
+                 f * g - d * i, a * i - c * g, c * d - a * f,
+                 d * h - e * g, b * g - a * h, a * e - b * d]  # fmt: skip
+    determinant = a * cofactors[0] + b * cofactors[3] + c * cofactors[6]
+    return torch.stack(cofactors, dim=-1).reshape(-1, 3, 3) / determinant[:, None, None]
+
+
 def face_warp_grid(
     matrix: torch.Tensor, warp_factor: float, warped_size: tuple[int, int], input_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -340,7 +644,7 @@ def face_warp_grid(
         lower = lower * warp_factor - 1.0 + warp_factor
         coords = torch.where(coords > 1.0 - warp_factor, upper, torch.where(coords < -1.0 + warp_factor, lower, coords))
         coords = (coords + 1) / 2 * size
-    coords = _apply_homography(coords, torch.linalg.inv(matrix))
+    coords = _apply_homography(coords, _inverse_3x3(matrix))
     input_h, input_w = input_size
     input_scale = torch.tensor([input_w, input_h]).to(matrix).reshape(1, 1, 1, 2)
     return coords.reshape(matrix.size(0), warped_h, warped_w, 2) / input_scale * 2 - 1
@@ -432,6 +736,12 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
 
     With `config.use_face_warp` (the LaPa head) every image is first aligned from its 5 `landmarks` with a tanh
     warp to `config.image_size`, and the logits are warped back to the input frame.
+
+    The forward pass computes what the original computes in fewer operations: the per-scale projections and the
+    fusion convolution are folded and applied before upsampling, the decoder works on channels-last tokens, the
+    transposed convolutions are per-pixel matrix products, and convolutional backbones run on channels-last
+    inputs. The results agree with the original up to float rounding. Set `model.fast_path = False` to run the
+    reference computation (the original's operations, in its order and layouts) instead, e.g. to compare the two.
     """
 
     def __init__(self, config: SegFaceConfig):
@@ -443,14 +753,42 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         )
         self.positional_embedding = SegFacePositionalEmbedding(config)
         self.mask_decoder = SegFaceMaskDecoder(config)
+        self.fast_path = True
         self.post_init()
 
     def _fuse_features(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Project each scale to `hidden_size`, upsample to the stride-4 grid and fuse with a 1x1 convolution.
+        """Fused stride-4 features as row-major tokens `(batch, height * width, hidden_size)`.
 
-        The concatenation runs from the coarsest scale to the finest, as in the original: the fusion weights depend
-        on that order.
+        The original projects every scale to `hidden_size`, upsamples it bilinearly to the stride-4 grid,
+        concatenates (coarsest first) and applies a 1x1 convolution. All three steps are linear per pixel and
+        bilinear weights sum to 1, so they commute: each scale's projection and its block of the fusion
+        convolution are folded into one matrix (computed from the parameters on every call, so training updates
+        the original weights) and applied at the scale's own resolution; only the `hidden_size`-channel results
+        are upsampled and summed. Equal to the original up to float rounding.
         """
+        batch = features[0].shape[0]
+        height, width = features[0].shape[2:]
+        hidden = self.config.hidden_size
+        num_scales = len(features)
+        fusion = self.feature_fusion.weight.reshape(hidden, num_scales * hidden)
+        fused = None
+        for index, (feature, projection) in enumerate(zip(features, self.feature_projections)):
+            _, channels, scale_height, scale_width = feature.shape
+            # The concatenation runs from the coarsest scale to the finest: the fusion weights depend on that order.
+            block = fusion[:, (num_scales - 1 - index) * hidden : (num_scales - index) * hidden]
+            weight, bias = _fold_linear(block, projection.weight, projection.bias)
+            # Pixels as rows: a view for both NCHW and channels-last maps of a single image.
+            pixels = feature.permute(0, 2, 3, 1).reshape(-1, channels)
+            projected = torch.addmm(bias, pixels, weight.t()).view(batch, scale_height, scale_width, hidden)
+            if (scale_height, scale_width) != (height, width):
+                projected = F.interpolate(
+                    projected.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
+                ).permute(0, 2, 3, 1)
+            fused = projected if fused is None else fused.add_(projected)
+        return fused.reshape(batch, height * width, hidden)
+
+    def _fuse_features_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The original's fusion (project, upsample, concatenate, 1x1 convolution), as an NCHW map."""
         target_size = features[0].shape[2:]
         projected = []
         for feature, projection in zip(features, self.feature_projections):
@@ -460,10 +798,18 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         return self.feature_fusion(torch.cat(projected[::-1], dim=1))
 
     def _segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        features = self.backbone(pixel_values)
-        fused = self._fuse_features(features)
-        image_pe = self.positional_embedding(fused.shape[2], fused.shape[3])
-        return self.mask_decoder(fused, image_pe), features
+        if not self.fast_path:
+            features = self.backbone(pixel_values)
+            fused = self._fuse_features_reference(features)
+            image_pe = self.positional_embedding(fused.shape[2], fused.shape[3])
+            return self.mask_decoder.forward_reference(fused, image_pe), features
+        if self.backbone.prefers_channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(pixel_values, fast=True)
+        height, width = features[0].shape[2:]
+        image_tokens = self._fuse_features(features)
+        image_pe = self.positional_embedding.tokens(height, width, image_tokens.dtype)
+        return self.mask_decoder(image_tokens, image_pe, height, width), features
 
     def forward(
         self,
@@ -556,4 +902,4 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         return logits, features
 
 
-__all__ = ["SegFacePreTrainedModel", "SegFaceForSemanticSegmentation"]
+__all__ = ["SegFaceForSemanticSegmentation", "SegFacePreTrainedModel"]

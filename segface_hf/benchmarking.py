@@ -1,0 +1,790 @@
+"""Latency, throughput and memory of SegFace: this package's model, its reference path, the original code and ONNX.
+
+Every implementation of one case (model, resolution, dtype, batch size) is timed in the same process, interleaved:
+after warm-up, each repetition runs every implementation once in turn, so a change of machine load affects all of
+them alike. Reported per implementation: the median and spread (min, max, quartiles) of the repetitions, images per
+second, and the peak memory of one extra call (CUDA: peak allocated; CPU: peak resident-set growth, sampled).
+
+The original SegFace code is not part of this package: point `original_code` at a folder holding its `network/`
+package (e.g. a checkout of github.com/Kartik-3004/SegFace). It is built with random weights: the torchvision
+constructors it calls with `pretrained=True` are replaced, while it is built, by ones that build without weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The original's `--model` name for each backbone preset, and the module and class of each original head.
+ORIGINAL_BACKBONE_NAMES = {
+    "swin_base": "swin_base", "swinv2_base": "swinv2_base", "swinv2_small": "swinv2_small",
+    "swinv2_tiny": "swinv2_tiny", "convnext_base": "convnext_base", "convnext_small": "convnext_small",
+    "resnet101": "resnet", "mobilenet_v3_large": "mobilenet", "efficientnet_v2_m": "efficientnet",
+}  # fmt: skip
+ORIGINAL_HEADS = {
+    "celebamask-hq": ("network.models.segface_celeb", "SegFaceCeleb"),
+    "lapa": ("network.models.segface_lapa", "SegFaceLapa"),
+    "helen": ("network.models.segface_helen", "SegFaceHelen"),
+}
+# The torchvision constructors the original calls with pretrained weights.
+_TORCHVISION_CONSTRUCTORS = (
+    "swin_b", "swin_v2_b", "swin_v2_s", "swin_v2_t", "convnext_large", "convnext_base", "convnext_small",
+    "convnext_tiny", "resnet101", "mobilenet_v3_large", "efficientnet_v2_m",
+)  # fmt: skip
+
+IMPLEMENTATION_FAST = "segface-hf"
+IMPLEMENTATION_REFERENCE = "segface-hf reference path"
+IMPLEMENTATION_ORIGINAL = "original"
+IMPLEMENTATION_ONNX = "onnxruntime"
+
+
+class SegFaceBenchmarkError(RuntimeError):
+    """A benchmark that cannot run as asked (missing device, library or original code)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings and results
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to measure.
+
+    Args:
+        variants (`list[str]`, *optional*):
+            Official variant names (e.g. `mobilenet_celeba_512`), built with random weights.
+        model_paths (`list[str]`, *optional*):
+            Saved models (`from_pretrained` folders) to measure as well.
+        resolutions (`list[int]`, *optional*):
+            Square input sizes; by default each variant's own resolution (a model's `config.image_size`).
+        device (`str`, *optional*, defaults to `"cpu"`):
+            `"cpu"` or `"cuda"` (or `"cuda:N"`).
+        dtypes (`list[str]`, *optional*, defaults to `["float32"]`):
+            Any of `float32`, `bfloat16`, `float16`; models and inputs are cast to it.
+        threads (`int`, *optional*):
+            CPU threads for PyTorch and onnxruntime; PyTorch's default when not given.
+        batch_sizes (`list[int]`, *optional*, defaults to `[1, 8]`):
+            Batch 1 gives the latency, larger batches the throughput.
+        warmup (`int`, *optional*, defaults to 2):
+            Untimed calls before timing (the first also compiles or captures, where asked).
+        repeats (`int`, *optional*, defaults to 5):
+            Timed calls per implementation.
+        compile (`bool`, *optional*, defaults to `False`):
+            Whether to `torch.compile` this package's model.
+        channels_last (`bool`, *optional*, defaults to `False`):
+            Whether to convert this package's model and inputs to channels-last memory format.
+        cuda_graphs (`bool`, *optional*, defaults to `False`):
+            Whether to capture this package's model in a CUDA graph (CUDA only).
+        reference_path (`bool`, *optional*, defaults to `False`):
+            Whether to also time this package's reference path (`model.fast_path = False`).
+        original_code (`str`, *optional*):
+            Folder holding the original SegFace `network/` package, to time the original side by side.
+        onnx (`bool`, *optional*, defaults to `False`):
+            Whether to export each model to ONNX and time it with onnxruntime on the CPU (float32 only).
+        image_processor (`bool`, *optional*, defaults to `False`):
+            Whether to time the image processor on photos of `processor_input_size`.
+        processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
+            (height, width) of the synthetic photos given to the image processor.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of random weights and inputs.
+    """
+
+    variants: list[str] = field(default_factory=list)
+    model_paths: list[str] = field(default_factory=list)
+    resolutions: list[int] | None = None
+    device: str = "cpu"
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    threads: int | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    warmup: int = 2
+    repeats: int = 5
+    compile: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    reference_path: bool = False
+    original_code: str | None = None
+    onnx: bool = False
+    image_processor: bool = False
+    processor_input_size: tuple[int, int] = (480, 640)
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise a one-line error for settings that cannot run on this machine."""
+        if not self.variants and not self.model_paths:
+            raise ValueError("nothing to measure: give at least one variant or model path.")
+        unknown = [d for d in self.dtypes if d not in DTYPES]
+        if unknown:
+            raise ValueError(f"unknown dtype(s) {unknown}; choose from {sorted(DTYPES)}.")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"need warmup >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}.")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be positive, got {self.threads}.")
+        device = torch.device(self.device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}.")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SegFaceBenchmarkError(
+                f"device {self.device!r} asked for, but PyTorch sees no CUDA device on this machine "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})."
+            )
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need --device cuda.")
+        if self.original_code is not None:
+            _original_root(self.original_code)  # fails early on a wrong folder
+
+
+@dataclass
+class TimingResult:
+    """Seconds per call of repeated runs."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def minimum(self) -> float:
+        return min(self.samples)
+
+    @property
+    def maximum(self) -> float:
+        return max(self.samples)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        low, high = np.percentile(self.samples, [25, 75])
+        return float(low), float(high)
+
+
+@dataclass
+class BenchmarkResult:
+    """One implementation on one case."""
+
+    model: str
+    resolution: int
+    implementation: str
+    device: str
+    dtype: str
+    batch_size: int
+    options: str
+    warmup: int
+    repeats: int
+    median_s: float
+    min_s: float
+    max_s: float
+    p25_s: float
+    p75_s: float
+    images_per_s: float
+    peak_memory_mib: float | None
+    samples_s: list[float]
+    speedup_vs_original: float | None = None
+
+
+@dataclass
+class ProcessorResult:
+    """Throughput of the image processor."""
+
+    resolution: int
+    input_size: tuple[int, int]
+    batch_size: int
+    median_s: float
+    min_s: float
+    max_s: float
+    images_per_s: float
+
+
+@dataclass
+class BenchmarkReport:
+    environment: dict
+    settings: dict
+    results: list[BenchmarkResult] = field(default_factory=list)
+    image_processor: list[ProcessorResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def to_markdown(self) -> str:
+        return format_markdown(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Environment
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module_name: str) -> str | None:
+    try:
+        return importlib.import_module(module_name).__version__
+    except (ImportError, AttributeError):  # an optional library that is absent
+        return None
+
+
+def environment_info(device: str = "cpu") -> dict:
+    """The machine and library versions a benchmark ran with."""
+    import transformers
+
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "timm": _version("timm"),
+        "numpy": np.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
+        "device": device,
+        # Allocator settings change CPU timings noticeably; record them.
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
+        # Other work on the machine slows CPU timings: the 1/5/15-minute load averages when the run started.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.device(device).type == "cuda":
+        index = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing and memory
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_interleaved(
+    functions: dict[str, Callable[[], object]],
+    warmup: int,
+    repeats: int,
+    synchronize: Callable[[], None] = lambda: None,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, TimingResult]:
+    """Warm each function up, then time `repeats` rounds in which every function runs once, in turn."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+        synchronize()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            synchronize()
+            start = time.perf_counter()
+            function()
+            synchronize()
+            samples[name].append(time.perf_counter() - start)
+            if on_step is not None:
+                on_step()
+    return {name: TimingResult(values) for name, values in samples.items()}
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_free_heap() -> None:
+    """Return the C heap's free memory to the system (glibc), so that resident-set growth shows a call's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_mib(function: Callable[[], object], device: torch.device, interval_s: float = 5e-4) -> float | None:
+    """Peak memory one call of `function` adds: CUDA peak allocated, or on the CPU the peak growth of the resident
+    set after releasing the heap's free memory, sampled every `interval_s` (Linux only; None elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        function()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _release_free_heap()
+    before = _resident_bytes()
+    if before is None:
+        return None
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes() or 0)
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], _resident_bytes() or 0)
+    return (peak[0] - before) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class ModelSpec:
+    """A model to measure: an official variant (random weights) or a saved folder."""
+
+    name: str
+    resolution: int
+    variant: str | None = None
+    path: str | None = None
+
+
+def model_specs(settings: BenchmarkSettings) -> list[ModelSpec]:
+    from .configuration_segface import SegFaceConfig, parse_variant
+
+    specs = []
+    for variant in settings.variants:
+        _, _, own_resolution = parse_variant(variant)
+        for resolution in settings.resolutions or [own_resolution]:
+            specs.append(ModelSpec(name=variant, resolution=resolution, variant=variant))
+    for path in settings.model_paths:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no such model folder: {path}")
+        config = SegFaceConfig.from_pretrained(path)
+        for resolution in settings.resolutions or [config.image_size]:
+            specs.append(ModelSpec(name=Path(path).name, resolution=resolution, path=path))
+    return specs
+
+
+def build_segface(spec: ModelSpec, seed: int = 0) -> nn.Module:
+    """This package's model for `spec`, in eval mode, float32, on the CPU."""
+    from .configuration_segface import SegFaceConfig, parse_variant
+    from .modeling_segface import SegFaceForSemanticSegmentation
+
+    if spec.path is not None:
+        return SegFaceForSemanticSegmentation.from_pretrained(spec.path).eval()
+    backbone, dataset, _ = parse_variant(spec.variant)
+    torch.manual_seed(seed)
+    config = SegFaceConfig.from_backbone(backbone, dataset=dataset, image_size=spec.resolution)
+    return SegFaceForSemanticSegmentation(config).eval()
+
+
+def _original_root(original_code: str | os.PathLike) -> Path:
+    root = Path(original_code).expanduser().resolve()
+    if not (root / "network" / "models" / "segface_celeb.py").is_file():
+        raise FileNotFoundError(
+            f"{root} does not hold the original SegFace code: expected network/models/segface_celeb.py in it "
+            f"(a checkout of github.com/Kartik-3004/SegFace)."
+        )
+    return root
+
+
+@contextlib.contextmanager
+def _torchvision_without_weights(modules: Sequence[object]):
+    """Make torchvision's model constructors (in torchvision.models and in `modules`) ignore pretrained weights."""
+    import torchvision.models as tv_models
+
+    def weightless(constructor):
+        def build(*args, **kwargs):
+            kwargs.pop("pretrained", None)
+            kwargs.pop("weights", None)
+            return constructor(*args, weights=None, **kwargs)
+
+        return build
+
+    saved = []
+    for owner in (tv_models, *modules):
+        for name in _TORCHVISION_CONSTRUCTORS:
+            if hasattr(owner, name):
+                saved.append((owner, name, getattr(owner, name)))
+    originals = {name: getattr(tv_models, name) for name in _TORCHVISION_CONSTRUCTORS if hasattr(tv_models, name)}
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, weightless(originals.get(name, getattr(owner, name))))
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+class OriginalSegFace(nn.Module):
+    """The original SegFace model behind this package's call signature: `(pixel_values, landmarks=None)` to logits.
+
+    The original forward takes `(x, labels, dataset)`; the LaPa model warps the images of dataset 1 with the
+    `labels["lnm_seg"]` landmarks and writes the warped images into `x`, so it is given a copy.
+    """
+
+    def __init__(self, model: nn.Module, dataset: str):
+        super().__init__()
+        self.model = model
+        self.dataset = dataset
+
+    def forward(self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        batch = pixel_values.shape[0]
+        if landmarks is None:
+            landmarks = torch.zeros(batch, 5, 2, device=pixel_values.device, dtype=pixel_values.dtype)
+        if self.dataset == "lapa":
+            dataset = torch.ones(batch, dtype=torch.long, device=pixel_values.device)
+            pixel_values = pixel_values.clone()
+        else:
+            dataset = torch.zeros(batch, dtype=torch.long, device=pixel_values.device)
+        return self.model(pixel_values, {"lnm_seg": landmarks}, dataset)
+
+
+def build_original(original_code: str | os.PathLike, variant: str, resolution: int, seed: int = 0) -> OriginalSegFace:
+    """The original implementation of an official variant, with random weights, in eval mode on the CPU."""
+    from .configuration_segface import parse_variant
+
+    root = _original_root(original_code)
+    backbone, dataset, _ = parse_variant(variant)
+    module_name, class_name = ORIGINAL_HEADS[dataset]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    with _torchvision_without_weights(()):
+        module = importlib.import_module(module_name)
+    with _torchvision_without_weights((module,)):
+        torch.manual_seed(seed)
+        model = getattr(module, class_name)(resolution, ORIGINAL_BACKBONE_NAMES[backbone])
+    return OriginalSegFace(model, dataset).eval()
+
+
+def _cuda_graph(function: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3):
+    """Capture `function(example)` in a CUDA graph; the returned callable copies its input in and replays."""
+    static_input = example.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode():
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                function(static_input)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = function(static_input)
+
+    def replay(pixel_values: torch.Tensor) -> torch.Tensor:
+        static_input.copy_(pixel_values)
+        graph.replay()
+        return static_output
+
+    return replay
+
+
+def _graphed(function: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`function` captured in a CUDA graph for these inputs (landmarks, if any, are fixed at capture)."""
+    landmarks = inputs.get("landmarks")
+    replay = _cuda_graph(lambda pixel_values: function(pixel_values, landmarks), inputs["pixel_values"])
+    return lambda pixel_values, landmarks=None: replay(pixel_values)
+
+
+def _options_label(settings: BenchmarkSettings) -> str:
+    options = [name for name, on in (("compile", settings.compile), ("channels-last", settings.channels_last),
+                                     ("cuda-graphs", settings.cuda_graphs)) if on]  # fmt: skip
+    return "+".join(options) or "eager"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _inputs(config, batch: int, resolution: int, device, dtype, seed: int) -> dict[str, torch.Tensor]:
+    from .onnx_export import example_inputs
+
+    inputs = example_inputs(config, batch, (resolution, resolution), seed=seed)
+    inputs["pixel_values"] = inputs["pixel_values"].to(device, dtype)
+    if "landmarks" in inputs:
+        inputs["landmarks"] = inputs["landmarks"].to(device, torch.float32)
+    return inputs
+
+
+def _prepare_fast(model: nn.Module, settings: BenchmarkSettings, device, dtype) -> Callable[..., torch.Tensor]:
+    model = model.to(device, dtype)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def forward(pixel_values, landmarks=None):
+        return model(pixel_values, landmarks=landmarks, return_dict=False)[0]
+
+    if settings.compile:
+        mode = "reduce-overhead" if settings.cuda_graphs else None
+        forward = torch.compile(forward, mode=mode)
+    return forward
+
+
+def _time_case(
+    implementations: dict[str, Callable[..., object]],
+    inputs: dict[str, torch.Tensor],
+    settings: BenchmarkSettings,
+    device: torch.device,
+    on_step: Callable[[], None] | None,
+) -> tuple[dict[str, TimingResult], dict[str, float | None]]:
+    calls = {name: (lambda function=function: function(**inputs)) for name, function in implementations.items()}
+    with torch.inference_mode():
+        timings = time_interleaved(calls, settings.warmup, settings.repeats, _synchronizer(device), on_step)
+        # onnxruntime keeps its memory in an arena between calls: its growth over one call says nothing.
+        memory = {
+            name: None if name == IMPLEMENTATION_ONNX else peak_memory_mib(call, device) for name, call in calls.items()
+        }
+    return timings, memory
+
+
+def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str) -> Callable[..., object]:
+    from .onnx_export import export_onnx, load_onnx_session
+
+    path = Path(folder) / f"segface_{resolution}.onnx"
+    export_onnx(model, path, image_size=resolution, overwrite=True)
+    session = load_onnx_session(path, threads=threads)
+
+    def run(pixel_values, landmarks=None):
+        feed = {"pixel_values": pixel_values.cpu().numpy()}
+        if landmarks is not None:
+            feed["landmarks"] = landmarks.cpu().numpy()
+        return session.run(["logits"], feed)
+
+    return run
+
+
+def time_image_processor(
+    resolution: int, input_size: tuple[int, int], batch_size: int, warmup: int, repeats: int, seed: int = 0
+) -> ProcessorResult:
+    """Images per second of `SegFaceImageProcessor` resizing synthetic RGB photos to `resolution`."""
+    from .image_processing_segface import SegFaceImageProcessor
+
+    processor = SegFaceImageProcessor(size={"height": resolution, "width": resolution})
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (*input_size, 3), dtype=np.uint8) for _ in range(batch_size)]
+    timing = time_interleaved({"processor": lambda: processor(images)}, warmup, repeats)["processor"]
+    return ProcessorResult(
+        resolution=resolution,
+        input_size=tuple(input_size),
+        batch_size=batch_size,
+        median_s=timing.median,
+        min_s=timing.minimum,
+        max_s=timing.maximum,
+        images_per_s=batch_size / timing.median,
+    )
+
+
+def run_benchmarks(
+    settings: BenchmarkSettings, progress: Callable[[str], None] | None = None, on_step: Callable[[], None] | None = None
+) -> BenchmarkReport:
+    """Measure everything `settings` asks for.
+
+    Args:
+        settings ([`BenchmarkSettings`]):
+            What to measure.
+        progress (`Callable[[str], None]`, *optional*):
+            Called with a short description before each case.
+        on_step (`Callable[[], None]`, *optional*):
+            Called after every timed call (e.g. to advance a progress bar).
+    """
+    settings.validate()
+    device = torch.device(settings.device)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    report = BenchmarkReport(environment=environment_info(settings.device), settings=asdict(settings))
+    options = _options_label(settings)
+    with tempfile.TemporaryDirectory(prefix="segface-bench-") as scratch:
+        for spec in model_specs(settings):
+            base = build_segface(spec, settings.seed)
+            original = None
+            if settings.original_code is not None:
+                if spec.variant is None:
+                    report.skipped.append(f"{spec.name}: the original runs only for official variants")
+                else:
+                    original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
+            onnx_run = None
+            if settings.onnx:
+                if "float32" in settings.dtypes:
+                    if progress:
+                        progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
+                    onnx_run = _onnx_runner(base, spec.resolution, settings.threads, scratch)
+                else:
+                    report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
+            for dtype_name in settings.dtypes:
+                dtype = DTYPES[dtype_name]
+                model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
+                implementations: dict[str, Callable[..., object]] = {
+                    IMPLEMENTATION_FAST: _prepare_fast(model, settings, device, dtype)
+                }
+                if settings.reference_path:
+                    reference = build_segface(spec, settings.seed).to(device, dtype)
+                    reference.fast_path = False
+                    implementations[IMPLEMENTATION_REFERENCE] = (
+                        lambda pixel_values, landmarks=None, m=reference: m(pixel_values, landmarks=landmarks).logits
+                    )
+                if original is not None:
+                    implementations[IMPLEMENTATION_ORIGINAL] = original.to(device, dtype)
+                if onnx_run is not None and dtype == torch.float32:
+                    implementations[IMPLEMENTATION_ONNX] = onnx_run
+                for batch_size in settings.batch_sizes:
+                    if progress:
+                        progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
+                    inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)
+                    case = dict(implementations)
+                    if settings.cuda_graphs and not settings.compile:
+                        case[IMPLEMENTATION_FAST] = _graphed(case[IMPLEMENTATION_FAST], inputs)
+                    timings, memory = _time_case(case, inputs, settings, device, on_step)
+                    original_median = timings[IMPLEMENTATION_ORIGINAL].median if original is not None else None
+                    for name, timing in timings.items():
+                        low, high = timing.quartiles
+                        report.results.append(
+                            BenchmarkResult(
+                                model=spec.name,
+                                resolution=spec.resolution,
+                                implementation=name,
+                                device=settings.device if name != IMPLEMENTATION_ONNX else "cpu",
+                                dtype=dtype_name,
+                                batch_size=batch_size,
+                                options=options if name == IMPLEMENTATION_FAST else "eager",
+                                warmup=settings.warmup,
+                                repeats=settings.repeats,
+                                median_s=timing.median,
+                                min_s=timing.minimum,
+                                max_s=timing.maximum,
+                                p25_s=low,
+                                p75_s=high,
+                                images_per_s=batch_size / timing.median,
+                                peak_memory_mib=memory[name],
+                                samples_s=timing.samples,
+                                speedup_vs_original=None if original_median is None else original_median / timing.median,
+                            )
+                        )
+                del implementations, model
+            del base, original, onnx_run
+        if settings.image_processor:
+            for resolution in sorted({spec.resolution for spec in model_specs(settings)}):
+                if progress:
+                    progress(f"image processor @{resolution}")
+                report.image_processor.append(
+                    time_image_processor(
+                        resolution,
+                        settings.processor_input_size,
+                        max(settings.batch_sizes),
+                        settings.warmup,
+                        settings.repeats,
+                        settings.seed,
+                    )
+                )
+    if hasattr(os, "getloadavg"):
+        report.environment["load_average_end"] = list(os.getloadavg())
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def format_markdown(report: BenchmarkReport) -> str:
+    """The report as markdown: the environment, one table of model timings, one of the image processor."""
+    env = report.environment
+    gpu = f", GPU {env['gpu']} (CUDA {env['cuda']})" if "gpu" in env else ""
+    software = (
+        f"Software: Python {env['python']}, torch {env['torch']} ({env['torch_threads']} CPU threads), transformers "
+        f"{env['transformers']}, timm {env['timm']}, onnxruntime {env['onnxruntime'] or 'not installed'}"
+    )
+    date = (
+        f"Date: {env['date_utc']}; warm-up {report.settings['warmup']} calls, then {report.settings['repeats']} "
+        "timed calls per implementation, interleaved"
+    )
+    if env.get("load_average"):
+        end = env.get("load_average_end")
+        date += f"; load average {env['load_average'][0]:.2f} at the start" + (
+            f", {end[0]:.2f} at the end" if end else ""
+        )
+    header = (
+        "| model | size | implementation | device | dtype | options | batch | median ms | min–max ms | "
+        "images/s | peak MiB | vs original |"
+    )
+    lines = [
+        f"Machine: {env['cpu']} ({env['logical_cpus']} logical CPUs), {env['platform']}{gpu}",
+        software,
+        date,
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.results:
+        memory = "—" if r.peak_memory_mib is None else f"{r.peak_memory_mib:.0f}"
+        speedup = "—" if r.speedup_vs_original is None else f"{r.speedup_vs_original:.2f}x"
+        lines.append(
+            f"| {r.model} | {r.resolution} | {r.implementation} | {r.device} | {r.dtype} | {r.options} | "
+            f"{r.batch_size} | {_ms(r.median_s)} | {_ms(r.min_s)}–{_ms(r.max_s)} | {r.images_per_s:.2f} | "
+            f"{memory} | {speedup} |"
+        )
+    if report.image_processor:
+        lines += ["", "| image processor | input | batch | median ms | min–max ms | images/s |", "|---|---|---|---|---|---|"]
+        for p in report.image_processor:
+            lines.append(
+                f"| resize to {p.resolution} | {p.input_size[0]}x{p.input_size[1]} RGB | {p.batch_size} | "
+                f"{_ms(p.median_s)} | {_ms(p.min_s)}–{_ms(p.max_s)} | {p.images_per_s:.1f} |"
+            )
+    for note in report.skipped:
+        lines.append(f"\nSkipped: {note}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "BenchmarkReport",
+    "BenchmarkResult",
+    "BenchmarkSettings",
+    "OriginalSegFace",
+    "ProcessorResult",
+    "SegFaceBenchmarkError",
+    "TimingResult",
+    "build_original",
+    "build_segface",
+    "environment_info",
+    "format_markdown",
+    "peak_memory_mib",
+    "run_benchmarks",
+    "time_image_processor",
+    "time_interleaved",
+]

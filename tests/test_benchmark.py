@@ -1,0 +1,179 @@
+"""The benchmark: its script end to end on a tiny model, the interleaved timer, memory, and the original's loader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config
+
+from segface_hf import SegFaceForSemanticSegmentation
+from segface_hf.benchmarking import (
+    BenchmarkReport,
+    BenchmarkResult,
+    BenchmarkSettings,
+    SegFaceBenchmarkError,
+    build_original,
+    format_markdown,
+    peak_memory_mib,
+    time_interleaved,
+)
+
+
+def test_script_runs_end_to_end_on_a_tiny_model(tmp_path):
+    torch.manual_seed(0)
+    SegFaceForSemanticSegmentation(tiny_config("timm-mobilenet")).save_pretrained(tmp_path / "tiny")
+    json_path, markdown_path = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--model", str(tmp_path / "tiny"),
+         "--threads", "1", "--batch-sizes", "1", "2", "--warmup", "1", "--repeats", "3", "--reference-path",
+         "--onnx", "--image-processor", "--json", str(json_path), "--markdown", str(markdown_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+
+    environment = report["environment"]
+    assert environment["torch"] == torch.__version__ and environment["torch_threads"] == 1
+    assert environment["device"] == "cpu" and environment["logical_cpus"] >= 1
+
+    results = report["results"]
+    seen = {(r["implementation"], r["batch_size"]) for r in results}
+    assert seen == {(name, batch) for name in ("segface-hf", "segface-hf reference path", "onnxruntime")
+                    for batch in (1, 2)}  # fmt: skip
+    for r in results:
+        assert r["model"] == "tiny" and r["resolution"] == 64 and r["dtype"] == "float32"
+        assert len(r["samples_s"]) == 3 and all(s > 0 for s in r["samples_s"])
+        assert r["min_s"] <= r["p25_s"] <= r["median_s"] <= r["p75_s"] <= r["max_s"]
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] / r["median_s"])
+        assert r["speedup_vs_original"] is None  # no original code was given
+        if r["implementation"] == "onnxruntime":
+            assert r["peak_memory_mib"] is None
+        else:
+            assert r["peak_memory_mib"] is not None
+    (processor,) = report["image_processor"]
+    assert processor["resolution"] == 64 and processor["batch_size"] == 2 and processor["images_per_s"] > 0
+
+    markdown = markdown_path.read_text()
+    assert "| model | size | implementation |" in markdown and "| tiny | 64 | onnxruntime | cpu |" in markdown
+    assert "(1 logical CPUs)" in markdown or "logical CPUs" in markdown
+    assert markdown in result.stdout
+
+
+def test_interleaved_timer_alternates_implementations_after_warmup():
+    calls = []
+    functions = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timings = time_interleaved(functions, warmup=2, repeats=3)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert [len(timings[name].samples) for name in "ab"] == [3, 3]
+    assert timings["a"].minimum <= timings["a"].median <= timings["a"].maximum
+
+
+def test_peak_memory_sees_a_large_temporary_allocation():
+    def allocate():
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        return float(block[-1])
+
+    assert peak_memory_mib(allocate, torch.device("cpu")) >= 48
+
+
+def test_settings_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="nothing to measure"):
+        BenchmarkSettings().validate()
+    with pytest.raises(ValueError, match="unknown dtype"):
+        BenchmarkSettings(variants=["mobilenet_celeba_512"], dtypes=["float64"]).validate()
+    with pytest.raises(ValueError, match="CUDA graphs need --device cuda"):
+        BenchmarkSettings(variants=["mobilenet_celeba_512"], cuda_graphs=True).validate()
+    with pytest.raises(FileNotFoundError, match="network/models/segface_celeb.py"):
+        BenchmarkSettings(variants=["mobilenet_celeba_512"], original_code=str(tmp_path)).validate()
+    cuda = BenchmarkSettings(variants=["mobilenet_celeba_512"], device="cuda")
+    if torch.cuda.is_available():
+        cuda.validate()
+    else:
+        with pytest.raises(SegFaceBenchmarkError, match="no CUDA device"):
+            cuda.validate()
+
+
+def test_script_reports_bad_settings_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--variants", "mobilenet_celeba_512",
+         "--original-code", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("benchmark: error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+# A stand-in with the original's layout and calling convention: it builds a torchvision model with
+# pretrained=True (which would try to download) and returns logits of the head's size.
+_STAND_IN = '''
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v3_large
+
+
+class SegFaceCeleb(nn.Module):
+    def __init__(self, input_resolution, model):
+        super().__init__()
+        assert model == "mobilenet", model
+        self.backbone = mobilenet_v3_large(pretrained=True).features
+        self.head = nn.Conv2d(960, 19, 1)
+
+    def forward(self, x, labels, dataset):
+        assert labels["lnm_seg"].shape == (x.shape[0], 5, 2) and dataset.tolist() == [0] * x.shape[0]
+        logits = self.head(self.backbone(x))
+        return nn.functional.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+'''
+
+
+def test_original_code_is_built_without_downloading_weights(tmp_path, monkeypatch):
+    import torchvision.models
+
+    package = tmp_path / "network" / "models"
+    package.mkdir(parents=True)
+    (tmp_path / "network" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "segface_celeb.py").write_text(textwrap.dedent(_STAND_IN))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [n for n in sys.modules if n == "network" or n.startswith("network.")]:
+        monkeypatch.delitem(sys.modules, name)
+    constructor = torchvision.models.mobilenet_v3_large
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a pretrained download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    try:
+        original = build_original(tmp_path, "mobilenet_celeba_512", 64)
+        assert torchvision.models.mobilenet_v3_large is constructor  # restored
+        with torch.no_grad():
+            logits = original(torch.randn(2, 3, 64, 64))
+        assert logits.shape == (2, 19, 64, 64)
+        assert not original.training
+    finally:
+        for name in [n for n in sys.modules if n == "network" or n.startswith("network.")]:
+            del sys.modules[name]
+
+
+def test_markdown_reports_the_speedup_over_the_original():
+    def result(implementation, median, speedup):
+        return BenchmarkResult(
+            model="mobilenet_celeba_512", resolution=512, implementation=implementation, device="cpu",
+            dtype="float32", batch_size=1, options="eager", warmup=1, repeats=2, median_s=median, min_s=median,
+            max_s=median, p25_s=median, p75_s=median, images_per_s=1 / median, peak_memory_mib=12.0,
+            samples_s=[median, median], speedup_vs_original=speedup,
+        )  # fmt: skip
+
+    environment = {"cpu": "Test CPU", "logical_cpus": 2, "platform": "Linux", "python": "3.11", "torch": "2.x",
+                   "torch_threads": 2, "transformers": "5", "timm": "1", "onnxruntime": None,
+                   "date_utc": "2025-01-01 00:00 UTC"}  # fmt: skip
+    report = BenchmarkReport(environment=environment, settings={"warmup": 1, "repeats": 2},
+                             results=[result("segface-hf", 0.1, 4.0), result("original", 0.4, 1.0)])  # fmt: skip
+    markdown = format_markdown(report)
+    assert "| mobilenet_celeba_512 | 512 | segface-hf | cpu | float32 | eager | 1 | 100.0 | 100.0–100.0 | 10.00 | 12 | 4.00x |" in markdown
+    assert "| original | cpu |" in markdown and "1.00x" in markdown
+    assert "Test CPU (2 logical CPUs)" in markdown and "onnxruntime not installed" in markdown

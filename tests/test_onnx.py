@@ -1,0 +1,156 @@
+"""ONNX export: a tiny model exported at one batch size runs in onnxruntime at others and matches PyTorch."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config
+
+from segface_hf import SegFaceForSemanticSegmentation, onnx_export
+from segface_hf.onnx_export import (
+    OnnxVerification,
+    SegFaceOnnxError,
+    example_inputs,
+    export_onnx,
+    load_onnx_session,
+    verify_onnx,
+)
+
+
+def scaled_model(family: str, **overrides) -> SegFaceForSemanticSegmentation:
+    """A tiny model with unit-scale decoder weights, so that its logits (and their argmax) are well separated."""
+    torch.manual_seed(0)
+    model = SegFaceForSemanticSegmentation(tiny_config(family, upscale_channels=[16, 8], **overrides)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("backbone"):
+                continue
+            if parameter.dim() >= 2:
+                fan_in = parameter.shape[0] if "upscale_conv" in name else parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+            else:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+        model.mask_decoder.upscale_layer_norm.weight.fill_(1.0)
+        model.mask_decoder.upscale_conv2.bias.add_(1.0)  # keep the last GELU away from zero
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported_swin(tmp_path_factory):
+    model = scaled_model("swin")
+    path = tmp_path_factory.mktemp("onnx") / "swin.onnx"
+    return model, export_onnx(model, path)
+
+
+def test_export_has_a_dynamic_batch_and_matches_pytorch(exported_swin):
+    model, result = exported_swin
+    assert result.path.is_file() and result.input_names == ["pixel_values"] and result.image_size == (64, 64)
+    assert [p.name for p in result.path.parent.iterdir()] == ["swin.onnx"]  # no temporary file left behind
+    verification = result.verification
+    assert verification.passed and verification.batch_sizes == (1, 3), verification
+    assert verification.max_abs_logit > 0.1  # the comparison is of real logits, not of near-zero ones
+    # Our own run at a batch size neither the export (2) nor the verification used.
+    session = load_onnx_session(result.path, threads=1)
+    inputs = example_inputs(model.config, 4, (64, 64), seed=7)
+    (logits,) = session.run(["logits"], {"pixel_values": inputs["pixel_values"].numpy()})
+    with torch.no_grad():
+        expected = model(**inputs).logits.numpy()
+    assert logits.shape == (4, 5, 64, 64)
+    assert np.abs(logits - expected).max() <= 1e-3
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+    # The backbone's attention implementation, switched to eager for the export, is restored.
+    assert model.backbone.model.config._attn_implementation == "sdpa"
+
+
+def test_verification_notices_a_graph_that_does_not_match(exported_swin):
+    model, result = exported_swin
+    with torch.no_grad():
+        model.mask_decoder.upscale_conv2.bias.add_(0.5)
+    try:
+        verification = verify_onnx(result.path, model, (64, 64), batch_sizes=(2,))
+    finally:
+        with torch.no_grad():
+            model.mask_decoder.upscale_conv2.bias.sub_(0.5)
+    assert not verification.passed
+    assert verification.max_abs_difference > 1e-3
+
+
+def test_script_exports_a_face_warp_model_with_landmarks(tmp_path):
+    """The LaPa-style head takes landmarks and warps with a matrix inverse, which the export writes in closed form."""
+    model = scaled_model("timm-mobilenet", use_face_warp=True)
+    model.save_pretrained(tmp_path / "model")
+    output = tmp_path / "out" / "face-warp.onnx"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "export_onnx.py"), "--model", str(tmp_path / "model"),
+         "--output", str(output)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "inputs pixel_values, landmarks at 64x64" in result.stdout and "onnxruntime agrees" in result.stdout
+    session = load_onnx_session(output)
+    inputs = example_inputs(model.config, 2, (64, 64), seed=3)
+    (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
+    with torch.no_grad():
+        expected = model(**inputs).logits.numpy()
+    assert logits.shape == (2, 5, 64, 64)
+    assert np.abs(logits - expected).max() <= 1e-3
+
+
+def test_existing_output_and_bad_arguments_are_refused(tmp_path):
+    model = scaled_model("timm-mobilenet")
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_onnx(model, existing)
+    with pytest.raises(ValueError, match=r"end in \.onnx"):
+        export_onnx(model, tmp_path / "model.txt")
+    with pytest.raises(ValueError, match="at least 32x32"):
+        export_onnx(model, tmp_path / "small.onnx", image_size=16)
+    with pytest.raises(ValueError, match="float32"):
+        export_onnx(model.to(torch.bfloat16), tmp_path / "half.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"] and existing.read_bytes() == b"keep"
+
+
+def test_failures_leave_nothing_on_disk(tmp_path, monkeypatch):
+    model = scaled_model("timm-mobilenet")
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate\nlong trace")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.raises(SegFaceOnnxError, match="torch.onnx.export failed: unsupported operator aten::frobnicate$"):
+        export_onnx(model, tmp_path / "a.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+    def fake_export(module, args, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"not really onnx")
+
+    failing = OnnxVerification(batch_sizes=(1,), max_abs_difference=0.5, argmax_agreement=0.9,
+                               strict_argmax_agreement=0.9, max_abs_logit=2.0)  # fmt: skip
+    monkeypatch.setattr(torch.onnx, "export", fake_export)
+    monkeypatch.setattr(onnx_export, "verify_onnx", lambda *args, **kwargs: failing)
+    with pytest.raises(SegFaceOnnxError, match="does not reproduce the PyTorch model"):
+        export_onnx(model, tmp_path / "b.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argmax_agreement_excuses_only_ties_within_the_tolerance():
+    reference = np.zeros((1, 3, 1, 4), dtype=np.float32)
+    reference[0, :, 0, 0] = [1.0, 1.0, 0.0]  # a true tie between classes 0 and 1
+    reference[0, :, 0, 1] = [1.0, 0.9995, 0.0]  # a near tie, within 1e-3
+    reference[0, :, 0, 2] = [1.0, 0.5, 0.0]  # a clear decision
+    reference[0, :, 0, 3] = [0.0, 0.0, 2.0]
+    candidate = reference.copy()
+    candidate[0, :, 0, 0] = [1.0, 1.0 + 1e-7, 0.0]  # breaks the tie the other way
+    candidate[0, :, 0, 1] = [1.0, 1.0005, 0.0]
+    candidate[0, :, 0, 2] = [0.5, 1.0, 0.0]  # a real disagreement
+    assert onnx_export.argmax_agreement([(candidate, reference)], tie_tolerance=1e-3) == (0.75, 0.25)
+    assert onnx_export.argmax_agreement([(candidate, reference)], tie_tolerance=0.0) == (0.5, 0.25)
+    assert onnx_export.argmax_agreement([(reference, reference)], tie_tolerance=0.0) == (1.0, 1.0)

@@ -1,0 +1,217 @@
+"""The fast forward path computes what the reference (the original's operations, order and layouts) computes.
+
+The fast path folds the per-scale projections into the fusion convolution and applies them before upsampling,
+runs the decoder on channels-last tokens with the transposed convolutions as per-pixel matrix products, and on the
+CPU works through the image tokens in blocks. These tests compare it with `model.fast_path = False` on tiny models
+of every backbone family, with decoder weights scaled so that the logits are of order 1, and on the MobileNet parity
+fixture; gradients must agree too, since training runs the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import BACKBONE_FAMILIES, parity_module, require_shared, tiny_config
+
+import segface_hf.modeling_segface as modeling
+from segface_hf import SegFaceForSemanticSegmentation
+
+
+def scaled_model(family: str = "timm-mobilenet", seed: int = 0, **overrides) -> SegFaceForSemanticSegmentation:
+    """A tiny model whose decoder has unit-scale weights (the default initialisation makes logits of order 1e-4)."""
+    torch.manual_seed(seed)
+    model = SegFaceForSemanticSegmentation(tiny_config(family, **overrides)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("backbone"):
+                continue
+            if parameter.dim() >= 2:
+                fan_in = parameter.shape[0] if "upscale_conv" in name else parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+            elif "norm" in name and name.endswith("weight"):
+                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+            else:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def both_paths(model, *args, **kwargs):
+    outputs = []
+    for fast in (True, False):
+        model.fast_path = fast
+        outputs.append(model(*args, **kwargs).logits)
+    model.fast_path = True
+    return outputs
+
+
+@pytest.mark.parametrize("family", BACKBONE_FAMILIES)
+def test_fast_path_matches_reference_on_every_backbone_family(family):
+    model = scaled_model(family)
+    with torch.no_grad():
+        for shape in [(2, 3, 64, 64), (1, 3, 66, 70)]:
+            fast, reference = both_paths(model, torch.randn(*shape))
+            assert fast.shape == reference.shape == (shape[0], 5, shape[2], shape[3])
+            assert reference.abs().max() > 0.1  # a meaningful comparison, not of near-zero logits
+            torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+            assert fast.is_contiguous()
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 40, 800, 100_000])
+def test_cpu_blocks_of_any_size_give_the_same_logits(monkeypatch, chunk_tokens):
+    # 96x64 inputs give a 24x16 token grid (384 tokens per image): 40 splits images into 2-row blocks, 800 groups
+    # two images per block, 0 turns blocks off and 100000 covers the whole batch at once.
+    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    model = scaled_model("swin")
+    pixel_values = torch.randn(3, 3, 96, 64)
+    with torch.no_grad():
+        fast, reference = both_paths(model, pixel_values)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_block_boundaries_cover_every_token_once():
+    tensor = torch.empty(0)
+    cases = [(1, 128, 128), (3, 24, 16), (8, 7, 9), (2, 5, 1000)]
+    for batch, height, width in cases:
+        chunks = modeling._cpu_row_chunks(tensor, batch, height, width)
+        covered = np.zeros((batch, height), dtype=int)
+        for first, end, start, stop in chunks or [(0, batch, 0, height)]:
+            covered[first:end, start:stop] += 1
+        assert (covered == 1).all(), (batch, height, width, chunks)
+
+
+@pytest.mark.parametrize("family", ["swin", "timm-mobilenet"])
+def test_gradients_of_fast_path_match_reference(family, monkeypatch):
+    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", 100)  # exercise the blockwise path under autograd
+    model = scaled_model(family)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    weights = torch.randn(2, 5, 64, 64)  # a loss with well-conditioned gradients: a fixed linear functional
+    gradients = []
+    for fast in (True, False):
+        model.fast_path = fast
+        model.zero_grad()
+        (model(pixel_values).logits * weights).sum().backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    fast_grads, reference_grads = gradients
+    assert fast_grads.keys() == reference_grads.keys()
+    # The folded fusion trains the original parameters.
+    for name in ["feature_fusion.weight", "feature_projections.0.weight", "feature_projections.3.bias",
+                 "mask_decoder.upscale_conv1.weight", "mask_decoder.upscale_layer_norm.weight"]:  # fmt: skip
+        assert fast_grads[name].abs().sum() > 0
+    scale = max(g.abs().max() for g in reference_grads.values())
+    for name, reference in reference_grads.items():
+        torch.testing.assert_close(fast_grads[name], reference, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+def test_face_warp_model_fast_path_matches_reference():
+    model = scaled_model(use_face_warp=True, upscale_channels=[16, 8])
+    template = torch.tensor([[196.0, 226.0], [316.0, 226.0], [256.0, 286.0], [220.0, 360.4], [292.0, 360.4]]) / 8
+    landmarks = torch.stack([template, template * 0.9 + 3.0])
+    with torch.no_grad():
+        fast, reference = both_paths(model, torch.randn(2, 3, 64, 64), landmarks=landmarks)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_blockwise_update_leaves_the_callers_tokens_alone():
+    model = scaled_model("swin")
+    decoder = model.mask_decoder
+    tokens = torch.randn(2, 256, 32)
+    before = tokens.clone()
+    pe = model.positional_embedding.tokens(16, 16)
+    class_tokens = decoder.class_embeddings.weight.unsqueeze(0).expand(2, -1, -1)
+    chunks = [(0, 1, 0, 100), (0, 1, 100, 256), (1, 2, 0, 256)]
+    with torch.no_grad():
+        queries, keys = decoder.transformer(tokens, pe, class_tokens, chunks=chunks)
+        reference_queries, reference_keys = decoder.transformer(tokens, pe, class_tokens)
+    assert torch.equal(tokens, before)
+    torch.testing.assert_close(keys, reference_keys, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(queries, reference_queries, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_tokens_equal_the_reference_fusion_map():
+    model = scaled_model("convnext")
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 64, 64))
+        tokens = model._fuse_features(features)
+        reference = model._fuse_features_reference(features)
+    assert tokens.shape == (2, 16 * 16, 32)
+    torch.testing.assert_close(tokens, reference.flatten(2).transpose(1, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_positional_encoding_tokens_are_the_map_in_row_major_order():
+    model = scaled_model()
+    grid = model.positional_embedding(12, 20)
+    tokens = model.positional_embedding.tokens(12, 20)
+    assert grid.shape == (1, 32, 12, 20) and tokens.shape == (1, 240, 32)
+    assert torch.equal(tokens, grid.flatten(2).transpose(1, 2))
+    assert model.positional_embedding.tokens(12, 20, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_closed_form_inverse_used_for_export_matches_linalg(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    matrices = torch.randn(16, 3, 3, generator=generator) + 3 * torch.eye(3)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    torch.testing.assert_close(modeling._inverse_3x3(matrices), torch.linalg.inv(matrices), rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_parity_fixture_on_both_paths():
+    """The cheap real model: both paths reproduce the original's output, and each other."""
+    from segface_hf import SegFaceConfig
+    from segface_hf.conversion import convert_state_dict
+
+    sp = parity_module()
+    fixture = sp.load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))
+    model, _, _ = convert_state_dict(fixture.checkpoint["state_dict_backbone"],
+                                     SegFaceConfig.from_variant("mobilenet_celeba_512"), "mobilenet_v3_large",
+                                     "celebamask-hq")  # fmt: skip
+    pixel_values = torch.from_numpy(sp.normalized_input(fixture))
+    with torch.no_grad():
+        fast, reference = both_paths(model.eval(), pixel_values)
+    for logits in (fast, reference):
+        report = sp.compare(logits, fixture.expected)
+        assert report.ok, report
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    assert (fast.argmax(1) == reference.argmax(1)).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("window_size, size", [(3, (112, 112)), (5, (176, 176)), (3, (112, 144))])
+def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_size, size):
+    """Window sizes that do not divide the token grid: Swin pads it, and the fast blocks skip the padding's work."""
+    from transformers import SwinConfig
+
+    backbone = SwinConfig(embed_dim=8, depths=[1, 2, 2, 1], num_heads=[1, 1, 2, 2], window_size=window_size,
+                          image_size=size[0], out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+    config = tiny_config("swin")
+    config.backbone_config = backbone
+    torch.manual_seed(0)
+    model = SegFaceForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        fast = model.backbone(pixel_values, fast=True)
+        reference = model.backbone(pixel_values)
+        again = model.backbone(pixel_values, fast=True)  # from the cached window indices
+    for fast_map, reference_map, again_map in zip(fast, reference, again):
+        assert fast_map.shape == reference_map.shape
+        torch.testing.assert_close(fast_map, reference_map, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast_map, again_map)
+    model.train()  # training runs the transformers layers (drop path, gradient checkpointing)
+    with torch.no_grad():
+        trained = model.backbone(pixel_values, fast=True)
+    assert [t.shape for t in trained] == [t.shape for t in reference]
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 100])
+def test_bfloat16_fast_path_matches_bfloat16_reference(monkeypatch, chunk_tokens):
+    """bfloat16 as on a GPU (0 = the accelerator's unblocked path), here on the CPU: same dtype handling."""
+    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    model = scaled_model("swin").to(torch.bfloat16)
+    pixel_values = torch.randn(2, 3, 64, 64).bfloat16()
+    with torch.no_grad():
+        fast, reference = both_paths(model, pixel_values)
+    assert fast.dtype == reference.dtype == torch.bfloat16 and fast.shape == reference.shape
+    difference = (fast.float() - reference.float()).abs()
+    scale = reference.float().abs().max()
+    assert difference.max() < 0.05 * scale and difference.mean() < 0.005 * scale
