@@ -608,8 +608,105 @@ def time_image_processor(
     )
 
 
+def _case_results(
+    spec: ModelSpec,
+    dtype_name: str,
+    batch_size: int,
+    timings: dict[str, TimingResult],
+    memory: dict[str, float | None],
+    settings: BenchmarkSettings,
+) -> list[BenchmarkResult]:
+    original = timings.get(IMPLEMENTATION_ORIGINAL)
+    results = []
+    for name, timing in timings.items():
+        low, high = timing.quartiles
+        results.append(
+            BenchmarkResult(
+                model=spec.name,
+                resolution=spec.resolution,
+                implementation=name,
+                device="cpu" if name == IMPLEMENTATION_ONNX else settings.device,
+                dtype=dtype_name,
+                batch_size=batch_size,
+                options=_options_label(settings) if name == IMPLEMENTATION_FAST else "eager",
+                warmup=settings.warmup,
+                repeats=settings.repeats,
+                median_s=timing.median,
+                min_s=timing.minimum,
+                max_s=timing.maximum,
+                p25_s=low,
+                p75_s=high,
+                images_per_s=batch_size / timing.median,
+                peak_memory_mib=memory[name],
+                samples_s=timing.samples,
+                speedup_vs_original=None if original is None else original.median / timing.median,
+            )
+        )
+    return results
+
+
+def _implementations(
+    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_run
+) -> dict[str, Callable[..., object]]:
+    """The callables `(pixel_values, landmarks=None)` to time for one model and dtype."""
+    device = torch.device(settings.device)
+    implementations: dict[str, Callable[..., object]] = {
+        IMPLEMENTATION_FAST: _prepare_fast(model, settings, device, dtype)
+    }
+    if settings.reference_path:
+        reference = build_segface(spec, settings.seed).to(device, dtype)
+        reference.fast_path = False
+        implementations[IMPLEMENTATION_REFERENCE] = lambda pixel_values, landmarks=None: (
+            reference(pixel_values, landmarks=landmarks).logits
+        )
+    if original is not None:
+        implementations[IMPLEMENTATION_ORIGINAL] = original.to(device, dtype)
+    if onnx_run is not None and dtype == torch.float32:
+        implementations[IMPLEMENTATION_ONNX] = onnx_run
+    return implementations
+
+
+def _measure_model(
+    spec: ModelSpec,
+    settings: BenchmarkSettings,
+    report: BenchmarkReport,
+    scratch: str,
+    progress: Callable[[str], None],
+    on_step: Callable[[], None] | None,
+) -> None:
+    """Every dtype and batch size of one model, all its implementations interleaved; results go into `report`."""
+    device = torch.device(settings.device)
+    base = build_segface(spec, settings.seed)
+    original = None
+    if settings.original_code is not None:
+        if spec.variant is None:
+            report.skipped.append(f"{spec.name}: the original runs only for official variants")
+        else:
+            original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
+    onnx_run = None
+    if settings.onnx and "float32" not in settings.dtypes:
+        report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
+    elif settings.onnx:
+        progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
+        onnx_run = _onnx_runner(base, spec.resolution, settings.threads, scratch)
+    for dtype_name in settings.dtypes:
+        dtype = DTYPES[dtype_name]
+        model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
+        implementations = _implementations(spec, dtype, settings, model, original, onnx_run)
+        for batch_size in settings.batch_sizes:
+            progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
+            inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)
+            case = dict(implementations)
+            if settings.cuda_graphs and not settings.compile:
+                case[IMPLEMENTATION_FAST] = _graphed(case[IMPLEMENTATION_FAST], inputs)
+            timings, memory = _time_case(case, inputs, settings, device, on_step)
+            report.results.extend(_case_results(spec, dtype_name, batch_size, timings, memory, settings))
+
+
 def run_benchmarks(
-    settings: BenchmarkSettings, progress: Callable[[str], None] | None = None, on_step: Callable[[], None] | None = None
+    settings: BenchmarkSettings,
+    progress: Callable[[str], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> BenchmarkReport:
     """Measure everything `settings` asks for.
 
@@ -622,93 +719,27 @@ def run_benchmarks(
             Called after every timed call (e.g. to advance a progress bar).
     """
     settings.validate()
-    device = torch.device(settings.device)
+    progress = progress or (lambda text: None)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     report = BenchmarkReport(environment=environment_info(settings.device), settings=asdict(settings))
-    options = _options_label(settings)
+    specs = model_specs(settings)
     with tempfile.TemporaryDirectory(prefix="segface-bench-") as scratch:
-        for spec in model_specs(settings):
-            base = build_segface(spec, settings.seed)
-            original = None
-            if settings.original_code is not None:
-                if spec.variant is None:
-                    report.skipped.append(f"{spec.name}: the original runs only for official variants")
-                else:
-                    original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
-            onnx_run = None
-            if settings.onnx:
-                if "float32" in settings.dtypes:
-                    if progress:
-                        progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
-                    onnx_run = _onnx_runner(base, spec.resolution, settings.threads, scratch)
-                else:
-                    report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
-            for dtype_name in settings.dtypes:
-                dtype = DTYPES[dtype_name]
-                model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
-                implementations: dict[str, Callable[..., object]] = {
-                    IMPLEMENTATION_FAST: _prepare_fast(model, settings, device, dtype)
-                }
-                if settings.reference_path:
-                    reference = build_segface(spec, settings.seed).to(device, dtype)
-                    reference.fast_path = False
-                    implementations[IMPLEMENTATION_REFERENCE] = (
-                        lambda pixel_values, landmarks=None, m=reference: m(pixel_values, landmarks=landmarks).logits
-                    )
-                if original is not None:
-                    implementations[IMPLEMENTATION_ORIGINAL] = original.to(device, dtype)
-                if onnx_run is not None and dtype == torch.float32:
-                    implementations[IMPLEMENTATION_ONNX] = onnx_run
-                for batch_size in settings.batch_sizes:
-                    if progress:
-                        progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
-                    inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)
-                    case = dict(implementations)
-                    if settings.cuda_graphs and not settings.compile:
-                        case[IMPLEMENTATION_FAST] = _graphed(case[IMPLEMENTATION_FAST], inputs)
-                    timings, memory = _time_case(case, inputs, settings, device, on_step)
-                    original_median = timings[IMPLEMENTATION_ORIGINAL].median if original is not None else None
-                    for name, timing in timings.items():
-                        low, high = timing.quartiles
-                        report.results.append(
-                            BenchmarkResult(
-                                model=spec.name,
-                                resolution=spec.resolution,
-                                implementation=name,
-                                device=settings.device if name != IMPLEMENTATION_ONNX else "cpu",
-                                dtype=dtype_name,
-                                batch_size=batch_size,
-                                options=options if name == IMPLEMENTATION_FAST else "eager",
-                                warmup=settings.warmup,
-                                repeats=settings.repeats,
-                                median_s=timing.median,
-                                min_s=timing.minimum,
-                                max_s=timing.maximum,
-                                p25_s=low,
-                                p75_s=high,
-                                images_per_s=batch_size / timing.median,
-                                peak_memory_mib=memory[name],
-                                samples_s=timing.samples,
-                                speedup_vs_original=None if original_median is None else original_median / timing.median,
-                            )
-                        )
-                del implementations, model
-            del base, original, onnx_run
-        if settings.image_processor:
-            for resolution in sorted({spec.resolution for spec in model_specs(settings)}):
-                if progress:
-                    progress(f"image processor @{resolution}")
-                report.image_processor.append(
-                    time_image_processor(
-                        resolution,
-                        settings.processor_input_size,
-                        max(settings.batch_sizes),
-                        settings.warmup,
-                        settings.repeats,
-                        settings.seed,
-                    )
+        for spec in specs:
+            _measure_model(spec, settings, report, scratch, progress, on_step)
+    if settings.image_processor:
+        for resolution in sorted({spec.resolution for spec in specs}):
+            progress(f"image processor @{resolution}")
+            report.image_processor.append(
+                time_image_processor(
+                    resolution,
+                    settings.processor_input_size,
+                    max(settings.batch_sizes),
+                    settings.warmup,
+                    settings.repeats,
+                    settings.seed,
                 )
+            )
     if hasattr(os, "getloadavg"):
         report.environment["load_average_end"] = list(os.getloadavg())
     return report
@@ -760,7 +791,11 @@ def format_markdown(report: BenchmarkReport) -> str:
             f"{memory} | {speedup} |"
         )
     if report.image_processor:
-        lines += ["", "| image processor | input | batch | median ms | min–max ms | images/s |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| image processor | input | batch | median ms | min–max ms | images/s |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in report.image_processor:
             lines.append(
                 f"| resize to {p.resolution} | {p.input_size[0]}x{p.input_size[1]} RGB | {p.batch_size} | "

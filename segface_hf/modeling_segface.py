@@ -202,7 +202,15 @@ def _swin_block(block: nn.Module, hidden_states: torch.Tensor, dimensions: tuple
     attended = F.scaled_dot_product_attention(query, key_states, value, attn_mask=mask, scale=attention.scaling)
     attended = attended.transpose(1, 2).reshape(-1, channels).index_select(0, inverse)
     hidden_states = hidden_states + attention.o_proj(attended).view(batch, tokens, channels)
-    return hidden_states + block.mlp(block.layernorm_after(hidden_states))
+    if torch.is_grad_enabled() or hidden_states.device.type != "cpu":
+        return hidden_states + block.mlp(block.layernorm_after(hidden_states))
+    # The MLP is per token: on the CPU, blocks of tokens keep its 4x-wide intermediate in cache.
+    rows = hidden_states.view(batch * tokens, channels)
+    step = _CPU_CHUNK_TOKENS if _CPU_CHUNK_TOKENS > 0 else batch * tokens
+    for start in range(0, batch * tokens, step):
+        block_rows = rows[start : start + step]
+        block_rows.add_(block.mlp(block.layernorm_after(block_rows)))
+    return hidden_states
 
 
 # Work on full-resolution maps is split into blocks of about this many stride-4 tokens on the CPU, so that each
@@ -771,21 +779,63 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         hidden = self.config.hidden_size
         num_scales = len(features)
         fusion = self.feature_fusion.weight.reshape(hidden, num_scales * hidden)
-        fused = None
+        folded = []
         for index, (feature, projection) in enumerate(zip(features, self.feature_projections)):
-            _, channels, scale_height, scale_width = feature.shape
             # The concatenation runs from the coarsest scale to the finest: the fusion weights depend on that order.
             block = fusion[:, (num_scales - 1 - index) * hidden : (num_scales - index) * hidden]
             weight, bias = _fold_linear(block, projection.weight, projection.bias)
             # Pixels as rows: a view for both NCHW and channels-last maps of a single image.
-            pixels = feature.permute(0, 2, 3, 1).reshape(-1, channels)
-            projected = torch.addmm(bias, pixels, weight.t()).view(batch, scale_height, scale_width, hidden)
-            if (scale_height, scale_width) != (height, width):
+            pixels = feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1])
+            folded.append((pixels, weight, bias))
+        # The finest scale is already on the stride-4 grid; the others are projected there at their own resolution
+        # and upsampled. All biases go into the finest scale's product.
+        pixels, weight, _ = folded[0]
+        bias = sum(b for _, _, b in folded)
+        coarse = [
+            torch.mm(p, w.t()).view(batch, *f.shape[2:], hidden) for (p, w, _), f in zip(folded[1:], features[1:])
+        ]
+        chunks = _cpu_row_chunks(pixels, batch, height, width)
+        if chunks is not None and all(height % c.shape[1] == 0 and width % c.shape[2] == 0 for c in coarse):
+            return self._fuse_blockwise(pixels, weight, bias, coarse, batch, height, width, chunks)
+        fused = torch.addmm(bias, pixels, weight.t()).view(batch, height, width, hidden)
+        for projected in coarse:
+            if projected.shape[1:3] != (height, width):
                 projected = F.interpolate(
                     projected.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
                 ).permute(0, 2, 3, 1)
-            fused = projected if fused is None else fused.add_(projected)
+            fused = fused.add_(projected)
         return fused.reshape(batch, height * width, hidden)
+
+    @staticmethod
+    def _fuse_blockwise(pixels, weight, bias, coarse, batch, height, width, chunks) -> torch.Tensor:
+        """`_fuse_features` a block of rows at a time, for coarse maps whose sizes divide the grid's.
+
+        Each block upsamples only the coarse rows it needs, from the row above its first one, so that every output
+        row is interpolated from the same two coarse rows with the same weights as in the whole-map upsampling
+        (with an integer scale factor, row `r` upsampled from coarse rows `low:` is row `r + low * factor` of the
+        whole map); the rows outside the block are cropped.
+        """
+        hidden = weight.shape[0]
+        pixels = pixels.view(batch, height, width, -1)
+        fused = pixels.new_empty(batch, height, width, hidden)
+        for first, end, start, stop in chunks:
+            block = torch.addmm(bias, pixels[first:end, start:stop].reshape(-1, pixels.shape[-1]), weight.t())
+            block = block.view(end - first, stop - start, width, hidden)
+            for projected in coarse:
+                rows = projected.shape[1]
+                factor = height // rows
+                low = max(0, math.floor((start + 0.5) / factor - 0.5))
+                high = min(rows, math.floor((stop - 0.5) / factor - 0.5) + 2)
+                upsampled = F.interpolate(
+                    projected[first:end, low:high].permute(0, 3, 1, 2),
+                    scale_factor=(factor, width // projected.shape[2]),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                offset = start - low * factor
+                block.add_(upsampled[:, :, offset : offset + stop - start].permute(0, 2, 3, 1))
+            fused[first:end, start:stop] = block
+        return fused.view(batch, height * width, hidden)
 
     def _fuse_features_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The original's fusion (project, upsample, concatenate, 1x1 convolution), as an NCHW map."""

@@ -131,7 +131,10 @@ def test_blockwise_update_leaves_the_callers_tokens_alone():
     torch.testing.assert_close(queries, reference_queries, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_tokens_equal_the_reference_fusion_map():
+@pytest.mark.parametrize("chunk_tokens", [4096, 30])
+def test_fused_tokens_equal_the_reference_fusion_map(monkeypatch, chunk_tokens):
+    # 30 tokens: one-row blocks of the 16x16 grid, each upsampling only the coarse rows it needs.
+    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
     model = scaled_model("convnext")
     with torch.no_grad():
         features = model.backbone(torch.randn(2, 3, 64, 64))
@@ -177,10 +180,13 @@ def test_mobilenet_parity_fixture_on_both_paths():
     assert (fast.argmax(1) == reference.argmax(1)).float().mean() > 0.999
 
 
-@pytest.mark.parametrize("window_size, size", [(3, (112, 112)), (5, (176, 176)), (3, (112, 144))])
-def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_size, size):
+@pytest.mark.parametrize("window_size, size, chunk_tokens", [(3, (112, 112), 100), (5, (176, 176), 4096),
+                                                             (3, (112, 144), 0)])  # fmt: skip
+def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_size, size, chunk_tokens, monkeypatch):
     """Window sizes that do not divide the token grid: Swin pads it, and the fast blocks skip the padding's work."""
     from transformers import SwinConfig
+
+    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
 
     backbone = SwinConfig(embed_dim=8, depths=[1, 2, 2, 1], num_heads=[1, 1, 2, 2], window_size=window_size,
                           image_size=size[0], out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
