@@ -112,12 +112,83 @@ def _run_download(args) -> int:
     return 0
 
 
+def _add_export_onnx_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="export a model to ONNX (dynamic batch size) and check it against PyTorch with onnxruntime",
+        description="Export a SegFace model to an ONNX graph with a dynamic batch size at a fixed resolution, run it "
+        "with onnxruntime at batch sizes 1 and 3 and compare with PyTorch. The file is kept only if the logits differ "
+        "by at most 1e-3 and at least 99.9% of the predicted classes agree; a failed export leaves nothing on disk. "
+        "Needs onnx, onnxscript and onnxruntime.",
+    )
+    parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
+    parser.add_argument("--output", required=True, help="the .onnx file to write (its folder is created if needed)")
+    parser.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS",
+                        help="HEIGHT [WIDTH] the graph takes (default: the model's image_size)")  # fmt: skip
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_export_onnx)
+
+
+def _run_export_onnx(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .onnx_export import SegFaceOnnxError, _require_onnx, export_onnx
+    from .predict import check_model_location, load_segface_model
+
+    # Everything that can be checked without the model fails here, before a possibly long load or download.
+    image_size = None
+    if args.image_size:
+        if len(args.image_size) > 2:
+            raise ValueError(f"--image-size takes HEIGHT or HEIGHT WIDTH, got {len(args.image_size)} numbers.")
+        image_size = tuple(args.image_size) if len(args.image_size) == 2 else args.image_size[0]
+    output = Path(args.output).expanduser()
+    if output.suffix != ".onnx":
+        raise ValueError(f"--output must name a .onnx file, got {args.output!r}.")
+    if output.is_dir():
+        raise ValueError(f"--output {args.output} is a folder; name the .onnx file to write.")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it.")
+    check_model_location(args.model)
+    try:
+        _require_onnx()
+    except SegFaceOnnxError as error:
+        raise ImportError(str(error)) from error
+    if args.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        disable_progress_bars()
+
+    steps = tqdm(total=2, desc="segface export-onnx", file=sys.stderr, disable=args.quiet)
+    try:
+        steps.set_postfix_str("loading the model")
+        model = load_segface_model(args.model).float()
+        steps.update()
+        steps.set_postfix_str("tracing and converting" + ("" if args.no_verify else ", checking with onnxruntime"))
+        result = export_onnx(model, output, image_size=image_size, opset_version=args.opset,
+                             verify=not args.no_verify, overwrite=args.overwrite)  # fmt: skip
+        steps.update()
+    except (SegFaceOnnxError, OSError) as error:  # main() reports them in one line, like the other usage errors
+        raise ValueError(str(error)) from error
+    finally:
+        steps.close()
+    print("segface export-onnx: " + "; ".join(str(result).splitlines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segface", description="SegFace face parsing.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_convert_parser(subparsers)
     _add_predict_parser(subparsers)
     _add_download_parser(subparsers)
+    _add_export_onnx_parser(subparsers)
     return parser
 
 

@@ -154,3 +154,128 @@ def test_argmax_agreement_excuses_only_ties_within_the_tolerance():
     assert onnx_export.argmax_agreement([(candidate, reference)], tie_tolerance=1e-3) == (0.75, 0.25)
     assert onnx_export.argmax_agreement([(candidate, reference)], tie_tolerance=0.0) == (0.5, 0.25)
     assert onnx_export.argmax_agreement([(reference, reference)], tie_tolerance=0.0) == (1.0, 1.0)
+
+
+# The `segface export-onnx` command and the script that wraps it.
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    model = scaled_model("timm-mobilenet")
+    folder = tmp_path_factory.mktemp("cli-model") / "model"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _export_cli(capsys, *args):
+    from segface_hf.cli import main
+
+    code = main(["export-onnx", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segface export-onnx: error: "), err
+    return lines[0]
+
+
+def test_cli_export_runs_in_onnxruntime_and_matches_pytorch(saved_model, tmp_path, capsys):
+    model, folder = saved_model
+    output = tmp_path / "out" / "tiny.onnx"
+    code, out, err = _export_cli(capsys, "--model", folder, "--output", output,
+                                 "--image-size", 64, 96, "--opset", 18)  # fmt: skip
+    assert code == 0, err
+    assert "error" not in err
+    assert out.count("\n") == 1 and out.startswith("segface export-onnx: Exported SegFace to "), out
+    assert str(output) in out and "at 64x96" in out and "opset 18" in out
+    assert "max |logit difference|" in out and "argmax agreement" in out
+    assert [p.name for p in output.parent.iterdir()] == ["tiny.onnx"]
+
+    pixel_values = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        expected = model(pixel_values).logits.numpy()
+    session = load_onnx_session(output, threads=1)
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]
+    (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+    assert logits.shape == (2, 5, 64, 96)
+    assert np.abs(expected).max() > 0.1  # real logits, not near-zero ones
+    assert np.abs(logits - expected).max() <= 1e-3
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+
+
+def test_cli_refuses_an_existing_output_without_overwrite(saved_model, tmp_path, capsys):
+    _, folder = saved_model
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"keep")
+    code, out, err = _export_cli(capsys, "--model", folder, "--output", existing)
+    assert code != 0 and out == ""
+    assert "model.onnx exists; pass --overwrite" in _one_error_line(err)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"] and existing.read_bytes() == b"keep"
+
+
+def test_cli_reports_a_missing_model_folder(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    code, out, err = _export_cli(capsys, "--model", missing, "--output", tmp_path / "out" / "model.onnx")
+    assert code != 0 and out == ""
+    assert _one_error_line(err).endswith(f"cannot load the model {str(missing)!r}: no such folder.")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_reports_missing_onnx_packages(saved_model, tmp_path, capsys, monkeypatch):
+    _, folder = saved_model
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    code, out, err = _export_cli(capsys, "--model", folder, "--output", tmp_path / "model.onnx")
+    assert code != 0 and out == ""
+    line = _one_error_line(err)
+    assert "onnxruntime is missing" in line and "pip install onnx onnxscript onnxruntime" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_reports_a_failed_export_in_one_line_and_writes_nothing(saved_model, tmp_path, capsys, monkeypatch):
+    _, folder = saved_model
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate\nlong trace")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    code, out, err = _export_cli(capsys, "--model", folder, "--output", tmp_path / "out" / "model.onnx", "--quiet")
+    assert code != 0 and out == ""
+    assert _one_error_line(err).endswith("torch.onnx.export failed: unsupported operator aten::frobnicate")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--output", "{tmp}/model.onnx", "--image-size", "64", "64", "64"], "--image-size takes HEIGHT or HEIGHT"),
+        (["--output", "{tmp}/model.txt"], "--output must name a .onnx file"),
+        (["--output", "{tmp}/folder.onnx"], "is a folder; name the .onnx file"),
+        (["--output", "{tmp}/model.onnx", "--image-size", "16"], "SegFace needs inputs of at least 32x32 pixels"),
+    ],
+)
+def test_cli_reports_bad_arguments_in_one_line(saved_model, tmp_path, capsys, arguments, message):
+    _, folder = saved_model
+    (tmp_path / "folder.onnx").mkdir()
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    code, out, err = _export_cli(capsys, "--model", folder, *arguments, "--quiet")
+    assert code != 0 and out == ""
+    assert message in _one_error_line(err)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.onnx"] and not any((tmp_path / "folder.onnx").iterdir())
+
+
+def test_script_keeps_its_command_line(saved_model, tmp_path):
+    script = str(REPO_ROOT / "scripts" / "export_onnx.py")
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for option in ("--model", "--output", "--image-size", "--opset", "--no-verify", "--overwrite"):
+        assert option in result.stdout
+    _, folder = saved_model
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"keep")
+    result = subprocess.run([sys.executable, script, "--model", str(folder), "--output", str(existing)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert "exists; pass --overwrite" in _one_error_line(result.stderr)
+    assert existing.read_bytes() == b"keep"
