@@ -129,13 +129,15 @@ class SegFaceBackbone(nn.Module):
 
 
 def _swin_window_indices(
-    height: int, width: int, window: int, shift: int, batch: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where Swin's padded, cyclically shifted, window-partitioned layout takes its tokens from.
+    height: int, width: int, window: int, shift: int, batch: int, heads: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where Swin's padded, cyclically shifted, window-partitioned, head-split layout takes its values from.
 
-    Returns, for a batch of `height` x `width` token maps: for every window position the row of the `(batch * height
-    * width)` token matrix it copies (0 for padding), the window positions that are padding, and for every token the
-    window position that holds it.
+    The projections of a batch of `height` x `width` token maps are viewed as rows of one head each: row
+    `token * heads + head` of a `(batch * height * width + 1) * heads` matrix whose last `heads` rows hold the
+    projection of a zero token (the bias), which is what Swin's zero padding projects to. Returns the rows that make
+    the `(windows, heads, window positions)` layout (padding positions read the bias rows), and for every token and
+    head the row of that layout that holds it.
     """
     padded_height = height + (window - height % window) % window
     padded_width = width + (window - width % window) % window
@@ -145,18 +147,52 @@ def _swin_window_indices(
     real = (rows[:, None] < height) & (cols[None, :] < width)
     source = torch.where(real, rows[:, None] * width + cols[None, :], -1)
     # Window partition: windows in row-major order, positions row-major within each window.
+    area = window * window
     source = source.view(padded_height // window, window, padded_width // window, window).permute(0, 2, 1, 3)
-    source = source.reshape(-1)
-    positions = source.numel()
-    offsets = torch.arange(batch, device=device)[:, None]
-    batched = source[None, :] + offsets * (height * width)
-    padding = (source < 0).nonzero().view(-1)
-    padding = (padding[None, :] + offsets * positions).reshape(-1)
-    gather = torch.where(source[None, :] >= 0, batched, 0).reshape(-1)
-    inverse = torch.empty(height * width, dtype=torch.long, device=device)
-    inverse[source[source >= 0]] = torch.arange(positions, device=device)[source >= 0]
-    inverse = (inverse[None, :] + offsets * positions).reshape(-1)
-    return gather, padding, inverse
+    source = source.reshape(-1, area)
+    num_windows = source.shape[0]
+    tokens = height * width
+    offsets = torch.arange(batch, device=device)[:, None, None] * tokens
+    batched = torch.where(source[None] >= 0, source[None] + offsets, batch * tokens)  # (batch, windows, area)
+    head_ids = torch.arange(heads, device=device)
+    gather = batched[:, :, None, :] * heads + head_ids[None, None, :, None]  # (batch, windows, heads, area)
+    window_rows = torch.empty(tokens, dtype=torch.long, device=device)
+    positions = torch.arange(num_windows * area, device=device).view(num_windows, area)
+    window_rows[source[source >= 0]] = positions[source >= 0]
+    window_of, position_of = window_rows // area, window_rows % area
+    inverse = (window_of[:, None] * heads + head_ids[None, :]) * area + position_of[:, None]  # (tokens, heads)
+    inverse = inverse[None] + torch.arange(batch, device=device)[:, None, None] * (num_windows * heads * area)
+    return gather.reshape(-1), inverse.reshape(-1)
+
+
+def _window_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    position_bias: torch.Tensor,
+    shift_mask: torch.Tensor | None,
+    scaling: float,
+    batched_matmuls: bool,
+) -> torch.Tensor:
+    """Attention within each window of `(batch * windows, heads, area, head_dim)` queries, keys and values, with
+    the relative position bias `(1, heads, area, area)` and the shifted windows' mask `(windows, area, area)`;
+    returns `(batch * windows, heads, area, head_dim)`, contiguous.
+
+    With `batched_matmuls` the scores are two batched matrix products and a softmax (faster on CPUs for 49-token
+    windows than SDPA's fused kernel, which is tuned for long sequences); otherwise SDPA.
+    """
+    area, head_dim = query.shape[2:]
+    if not batched_matmuls:
+        mask = position_bias
+        if shift_mask is not None:
+            mask = (position_bias + shift_mask[:, None]).repeat(query.shape[0] // shift_mask.shape[0], 1, 1, 1)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling).contiguous()
+    scores = torch.bmm(query.reshape(-1, area, head_dim), key.reshape(-1, area, head_dim).transpose(1, 2))
+    scores = scores.view(query.shape[:2] + (area, area)).mul_(scaling).add_(position_bias)
+    if shift_mask is not None:
+        scores.view(-1, shift_mask.shape[0], *scores.shape[1:]).add_(shift_mask[:, None])
+    probabilities = torch.softmax(scores, dim=-1).view(-1, area, area)
+    return torch.bmm(probabilities, value.reshape(-1, area, head_dim)).view(query.shape)
 
 
 def _swin_block(block: nn.Module, hidden_states: torch.Tensor, dimensions: tuple[int, int], cache: dict):
@@ -166,41 +202,42 @@ def _swin_block(block: nn.Module, hidden_states: torch.Tensor, dimensions: tuple
     windows and projects every window position to queries, keys and values; after attention it projects every
     position, reverses the partition and the shift and crops the padding. Projections are per token and a padding
     token's projection is just the bias, so here the projections run on the image's own tokens only (the padding
-    share of Swin-B's stage 4 at 512 pixels is 42%), and the shift, partition and their inverses are two row gathers.
+    share of Swin-B's stage 4 at 512 pixels is 42%), and the shift, partition, head split and their inverses are
+    row gathers.
     """
     height, width = dimensions
     block.set_shift_and_window_size(dimensions)
     window, shift = int(block.window_size), int(block.shift_size)
     batch, tokens, channels = hidden_states.shape
     attention = block.attention
-    key = (height, width, window, shift, batch, hidden_states.device)
+    heads, head_dim = attention.num_attention_heads, attention.head_dim
+    key = (height, width, window, shift, batch, heads, hidden_states.device)
     if key not in cache:
-        cache[key] = _swin_window_indices(height, width, window, shift, batch, hidden_states.device)
-    gather, padding, inverse = cache[key]
+        cache[key] = _swin_window_indices(height, width, window, shift, batch, heads, hidden_states.device)
+    gather, inverse = cache[key]
 
     normed = block.layernorm_before(hidden_states).view(batch * tokens, channels)
     area = window * window
-    head_dim = attention.head_dim
     windows = []
     for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-        states = projection(normed).index_select(0, gather)
-        if padding.numel():
-            fill = projection.bias if projection.bias is not None else states.new_zeros(channels)
-            states[padding] = fill.to(states.dtype)
-        windows.append(states.view(-1, area, attention.num_attention_heads, head_dim).transpose(1, 2))
+        bias = projection.bias if projection.bias is not None else normed.new_zeros(channels)
+        if torch.is_grad_enabled():
+            projected = torch.cat([projection(normed), bias[None].to(normed.dtype)])
+        else:
+            projected = normed.new_empty(batch * tokens + 1, channels)
+            torch.addmm(bias, normed, projection.weight.t(), out=projected[:-1])
+            projected[-1] = bias
+        windows.append(projected.view(-1, head_dim).index_select(0, gather).view(-1, heads, area, head_dim))
     query, key_states, value = windows
-    num_windows = query.shape[0] // batch
-
-    mask = attention.relative_position_bias()
     shift_mask = block.get_attn_mask(
         height + (window - height % window) % window, width + (window - width % window) % window,
         dtype=hidden_states.dtype, device=hidden_states.device,
     )  # fmt: skip
-    if shift_mask is not None:
-        shift_mask = shift_mask.unsqueeze(1).unsqueeze(0).expand(batch, num_windows, 1, area, area)
-        mask = mask + shift_mask.reshape(-1, 1, area, area)
-    attended = F.scaled_dot_product_attention(query, key_states, value, attn_mask=mask, scale=attention.scaling)
-    attended = attended.transpose(1, 2).reshape(-1, channels).index_select(0, inverse)
+    attended = _window_attention(
+        query, key_states, value, attention.relative_position_bias(), shift_mask, attention.scaling,
+        batched_matmuls=hidden_states.device.type == "cpu",
+    )  # fmt: skip
+    attended = attended.view(-1, head_dim).index_select(0, inverse).view(batch * tokens, channels)
     hidden_states = hidden_states + attention.o_proj(attended).view(batch, tokens, channels)
     if torch.is_grad_enabled() or hidden_states.device.type != "cpu":
         return hidden_states + block.mlp(block.layernorm_after(hidden_states))
@@ -215,7 +252,7 @@ def _swin_block(block: nn.Module, hidden_states: torch.Tensor, dimensions: tuple
 
 # Work on full-resolution maps is split into blocks of about this many stride-4 tokens on the CPU, so that each
 # block's intermediates stay in cache and reuse memory instead of faulting in fresh pages (0 turns blocks off).
-_CPU_CHUNK_TOKENS = 4096
+_CPU_CHUNK_TOKENS = 1024
 
 
 def _cpu_row_chunks(tensor: torch.Tensor, batch: int, height: int, width: int) -> list[tuple[int, ...]] | None:
@@ -289,6 +326,14 @@ class SegFacePositionalEmbedding(nn.Module):
         return encoding.view(1, height * width, encoding.shape[-1])
 
 
+def _linear_into(layer: nn.Linear, inputs: torch.Tensor, out: torch.Tensor) -> None:
+    """`out[...] = layer(inputs)`, written in place by the matrix product when autograd allows it."""
+    if torch.is_grad_enabled() or not out.is_contiguous() or layer.bias is None:
+        out.copy_(layer(inputs))
+        return
+    torch.addmm(layer.bias, inputs.reshape(-1, inputs.shape[-1]), layer.weight.t(), out=out.view(-1, out.shape[-1]))
+
+
 class SegFaceAttention(nn.Module):
     """Multi-head attention with an optional projection to a downsampled width (SAM's two-way attention)."""
 
@@ -328,8 +373,8 @@ class SegFaceAttention(nn.Module):
         value = image_tokens.new_empty(batch, tokens, self.internal_dim)
         for first, end, start, stop in chunks:
             block = image_tokens[first:end, start:stop]
-            key[first:end, start:stop] = self.k_proj(block + image_pe[:, start:stop])
-            value[first:end, start:stop] = self.v_proj(block)
+            _linear_into(self.k_proj, block + image_pe[:, start:stop], key[first:end, start:stop])
+            _linear_into(self.v_proj, block, value[first:end, start:stop])
         return self.attend(self.q_proj(query), key, value)
 
     def image_queries(
@@ -733,7 +778,9 @@ class SegFacePreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
+            # The class tokens, drawn from N(0, 1) as in the original: tokens drawn with a small std start out
+            # nearly identical, so every class starts with the same mask and training from scratch stalls.
+            init.normal_(module.weight, std=1.0)
         elif isinstance(module, (nn.LayerNorm, SegFaceLayerNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)

@@ -94,6 +94,20 @@ def test_positional_encoding_follows_loaded_matrix():
     assert math.isclose(changed[0, 16, 0, 1].item(), math.cos(2 * math.pi * (x + y)), abs_tol=1e-5)
 
 
+def test_fresh_class_tokens_are_drawn_like_the_originals_and_loaded_ones_are_kept(tmp_path):
+    """The original's class tokens are an `nn.Embedding` at PyTorch's default N(0, 1); N(0, 0.02) tokens start
+    nearly identical (every class with the same mask). Loading a checkpoint must not re-draw them."""
+    torch.manual_seed(0)
+    model = SegFaceForSemanticSegmentation(tiny_config(num_labels=19))
+    tokens = model.mask_decoder.class_embeddings.weight  # 19 x 32 draws
+    assert 0.85 < tokens.std().item() < 1.15 and abs(tokens.mean().item()) < 0.15
+    # Pairwise distances of N(0, 1) tokens in 32 dimensions are about 8; N(0, 0.02) ones about 0.16.
+    assert torch.pdist(tokens).min().item() > 3.0
+    model.save_pretrained(tmp_path)
+    reloaded = SegFaceForSemanticSegmentation.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.mask_decoder.class_embeddings.weight, tokens)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loss
 

@@ -180,6 +180,23 @@ def test_mobilenet_parity_fixture_on_both_paths():
     assert (fast.argmax(1) == reference.argmax(1)).float().mean() > 0.999
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_by_batched_matmuls_equals_sdpa_with_the_combined_mask(shifted):
+    """The CPU's matmul-and-softmax windows and SDPA (used elsewhere) compute the same attention; both equal the
+    attention written out with the mask Swin builds (relative position bias plus the shifted windows' mask)."""
+    torch.manual_seed(0)
+    batch, windows, heads, area, head_dim = 2, 3, 4, 9, 8
+    query, key, value = (torch.randn(batch * windows, heads, area, head_dim) for _ in range(3))
+    position_bias = torch.randn(1, heads, area, area)
+    shift_mask = torch.where(torch.rand(windows, area, area) < 0.3, -100.0, 0.0) if shifted else None
+    mask = position_bias if shift_mask is None else position_bias + shift_mask.repeat(batch, 1, 1)[:, None]
+    expected = torch.softmax(query @ key.transpose(-1, -2) * 0.3 + mask, dim=-1) @ value
+    for batched_matmuls in (True, False):
+        attended = modeling._window_attention(query, key, value, position_bias, shift_mask, 0.3, batched_matmuls)
+        assert attended.shape == expected.shape and attended.is_contiguous()
+        torch.testing.assert_close(attended, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("window_size, size, chunk_tokens", [(3, (112, 112), 100), (5, (176, 176), 4096),
                                                              (3, (112, 144), 0)])  # fmt: skip
 def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_size, size, chunk_tokens, monkeypatch):

@@ -3,10 +3,10 @@
 The original decoder (SAM's two-way transformer, the class tokens, the projections and the upscaler) keeps
 PyTorch's default initialisation: Kaiming-uniform linear and convolution weights with uniform biases, class tokens
 from N(0, 1) (`nn.Embedding`), layer norms at one and zero, and the positional-encoding matrix from N(0, 1).
-`SegFacePreTrainedModel._init_weights` instead draws every weight, the class tokens included, from N(0, 0.02): with
-tokens that close to each other all classes start with nearly the same mask, and on small data the model can stay
-at "everything is background" for a long time. Training from scratch therefore resets the decoder to the
-original's initialisation first.
+`SegFacePreTrainedModel._init_weights` follows the transformers convention instead: linear and convolution weights
+from N(0, `initializer_range`) with zero biases (its class tokens and positional encoding are N(0, 1) as in the
+original). Training from scratch with `decoder_init="original"` resets the decoder to the original's initialisation
+first, so that a run reproduces the paper's recipe exactly.
 """
 
 from __future__ import annotations
