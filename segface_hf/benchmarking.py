@@ -576,7 +576,8 @@ def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder:
 
     path = Path(folder) / f"segface_{resolution}.onnx"
     export_onnx(model, path, image_size=resolution, overwrite=True)
-    session = load_onnx_session(path, threads=threads)
+    # No busy-waiting threads: they would take CPU time from the implementation timed next.
+    session = load_onnx_session(path, threads=threads, spinning=False)
 
     def run(pixel_values, landmarks=None):
         feed = {"pixel_values": pixel_values.cpu().numpy()}

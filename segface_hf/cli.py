@@ -125,7 +125,7 @@ def _add_export_onnx_parser(subparsers) -> None:
     parser.add_argument("--output", required=True, help="the .onnx file to write (its folder is created if needed)")
     parser.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS",
                         help="HEIGHT [WIDTH] the graph takes (default: the model's image_size)")  # fmt: skip
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (default: 20; 18 for older runtimes)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import REPO_ROOT, tiny_config
@@ -52,6 +53,9 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(exported_swin):
     model, result = exported_swin
     assert result.path.is_file() and result.input_names == ["pixel_values"] and result.image_size == (64, 64)
     assert [p.name for p in result.path.parent.iterdir()] == ["swin.onnx"]  # no temporary file left behind
+    graph = onnx.load(str(result.path))
+    assert {entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")} == {20}
+    assert "Gelu" in {node.op_type for node in graph.graph.node} and "Erf" not in {n.op_type for n in graph.graph.node}
     verification = result.verification
     assert verification.passed and verification.batch_sizes == (1, 3), verification
     assert verification.max_abs_logit > 0.1  # the comparison is of real logits, not of near-zero ones
@@ -66,6 +70,11 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(exported_swin):
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
     # The backbone's attention implementation, switched to eager for the export, is restored.
     assert model.backbone.model.config._attn_implementation == "sdpa"
+    # Without busy-waiting workers (as the benchmark times it): same results.
+    quiet = load_onnx_session(result.path, threads=1, spinning=False)
+    assert quiet.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    (again,) = quiet.run(["logits"], {"pixel_values": inputs["pixel_values"].numpy()})
+    np.testing.assert_array_equal(again, logits)
 
 
 def test_verification_notices_a_graph_that_does_not_match(exported_swin):
