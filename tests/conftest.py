@@ -74,3 +74,55 @@ def tiny_config(family: str = "timm-mobilenet", num_labels: int = 5, **overrides
 
     labels = {i: f"class_{i}" for i in range(num_labels)}
     return SegFaceConfig(backbone_config=tiny_backbone_config(family), id2label=labels, **{**TINY_DECODER, **overrides})
+
+
+def scaled_model(family: str = "timm-mobilenet", seed: int = 0, **overrides):
+    """A tiny model in eval mode whose decoder has unit-scale weights (the default initialisation makes logits of
+    order 1e-4, whose argmax float rounding decides), with the last GELU's inputs kept away from zero."""
+    import math
+
+    import torch
+
+    from segface_hf import SegFaceForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    model = SegFaceForSemanticSegmentation(tiny_config(family, **overrides)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("backbone"):
+                continue
+            if parameter.dim() >= 2:
+                fan_in = parameter.shape[0] if "upscale_conv" in name else parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+            elif "norm" in name and name.endswith("weight"):
+                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+            else:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+        model.mask_decoder.upscale_conv2.bias.add_(1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def parity_model(tmp_path_factory):
+    """The MobileNet parity fixture (original release format, random weights) converted to a model folder."""
+    import torch
+
+    from segface_hf.conversion import convert_original_checkpoint
+
+    work = tmp_path_factory.mktemp("parity-model")
+    fixture = parity_module().load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))
+    torch.save(fixture.checkpoint, work / "model_299.pt")
+    convert_original_checkpoint(work / "model_299.pt", "mobilenet_celeba_512", work / "model")
+    return work / "model"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscribing the CI machine's cores (and is faster there)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -10,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, scaled_model
 
-from segface_hf import SegFaceForSemanticSegmentation, onnx_export
+from segface_hf import onnx_export
 from segface_hf.onnx_export import (
     OnnxVerification,
     SegFaceOnnxError,
@@ -23,28 +22,9 @@ from segface_hf.onnx_export import (
 )
 
 
-def scaled_model(family: str, **overrides) -> SegFaceForSemanticSegmentation:
-    """A tiny model with unit-scale decoder weights, so that its logits (and their argmax) are well separated."""
-    torch.manual_seed(0)
-    model = SegFaceForSemanticSegmentation(tiny_config(family, upscale_channels=[16, 8], **overrides)).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("backbone"):
-                continue
-            if parameter.dim() >= 2:
-                fan_in = parameter.shape[0] if "upscale_conv" in name else parameter[0].numel()
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
-            else:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-        model.mask_decoder.upscale_layer_norm.weight.fill_(1.0)
-        model.mask_decoder.upscale_conv2.bias.add_(1.0)  # keep the last GELU away from zero
-    return model
-
-
 @pytest.fixture(scope="module")
 def exported_swin(tmp_path_factory):
-    model = scaled_model("swin")
+    model = scaled_model("swin", upscale_channels=[16, 8])
     path = tmp_path_factory.mktemp("onnx") / "swin.onnx"
     return model, export_onnx(model, path)
 
@@ -92,7 +72,7 @@ def test_verification_notices_a_graph_that_does_not_match(exported_swin):
 
 def test_script_exports_a_face_warp_model_with_landmarks(tmp_path):
     """The LaPa-style head takes landmarks and warps with a matrix inverse, which the export writes in closed form."""
-    model = scaled_model("timm-mobilenet", use_face_warp=True)
+    model = scaled_model("timm-mobilenet", use_face_warp=True, upscale_channels=[16, 8])
     model.save_pretrained(tmp_path / "model")
     output = tmp_path / "out" / "face-warp.onnx"
     result = subprocess.run(
@@ -112,7 +92,7 @@ def test_script_exports_a_face_warp_model_with_landmarks(tmp_path):
 
 
 def test_existing_output_and_bad_arguments_are_refused(tmp_path):
-    model = scaled_model("timm-mobilenet")
+    model = scaled_model("timm-mobilenet", upscale_channels=[16, 8])
     existing = tmp_path / "model.onnx"
     existing.write_bytes(b"keep")
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -127,7 +107,7 @@ def test_existing_output_and_bad_arguments_are_refused(tmp_path):
 
 
 def test_failures_leave_nothing_on_disk(tmp_path, monkeypatch):
-    model = scaled_model("timm-mobilenet")
+    model = scaled_model("timm-mobilenet", upscale_channels=[16, 8])
 
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::frobnicate\nlong trace")
@@ -170,7 +150,7 @@ def test_argmax_agreement_excuses_only_ties_within_the_tolerance():
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    model = scaled_model("timm-mobilenet")
+    model = scaled_model("timm-mobilenet", upscale_channels=[16, 8])
     folder = tmp_path_factory.mktemp("cli-model") / "model"
     model.save_pretrained(folder)
     return model, folder

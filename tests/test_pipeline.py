@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import TINY_DECODER, parity_module, require_shared, tiny_backbone_config
+from conftest import TINY_DECODER, require_shared, tiny_backbone_config
 from hub_standin import hub_standin  # noqa: F401  (the fixture)
 from huggingface_hub import HfApi
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
@@ -22,18 +22,8 @@ from segface_hf import (
     SegFaceForSemanticSegmentation,
     SegFaceImageProcessor,
 )
-from segface_hf.conversion import convert_original_checkpoint
 
 PHOTOS = ("astronaut.png", "camera.png", "grace_hopper.jpg")
-
-
-@pytest.fixture(scope="module")
-def parity_model(tmp_path_factory):
-    work = tmp_path_factory.mktemp("parity-model")
-    fixture = parity_module().load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))
-    torch.save(fixture.checkpoint, work / "model_299.pt")
-    convert_original_checkpoint(work / "model_299.pt", "mobilenet_celeba_512", work / "model")
-    return work / "model"
 
 
 @pytest.fixture

@@ -13,23 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import TINY_DECODER, parity_module, require_shared, tiny_backbone_config
+from conftest import TINY_DECODER, require_shared, tiny_backbone_config
 
 from segface_hf import CELEBAMASK_HQ_LABELS, SegFaceConfig, SegFaceForSemanticSegmentation, SegFaceImageProcessor
 from segface_hf.cli import main
-from segface_hf.conversion import convert_original_checkpoint
 
 SHARED_PHOTOS = {"astronaut": (512, 512), "camera": (512, 512), "grace_hopper": (512, 600)}  # name: (width, height)
-
-
-@pytest.fixture(scope="module")
-def parity_model(tmp_path_factory):
-    """The MobileNet parity fixture (original release format, random weights) converted to a folder."""
-    work = tmp_path_factory.mktemp("parity-model")
-    fixture = parity_module().load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))
-    torch.save(fixture.checkpoint, work / "model_299.pt")
-    convert_original_checkpoint(work / "model_299.pt", "mobilenet_celeba_512", work / "model")
-    return work / "model"
 
 
 def _save_tiny(folder: Path, num_labels: int) -> Path:

@@ -9,34 +9,13 @@ fixture; gradients must agree too, since training runs the fast path.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from conftest import BACKBONE_FAMILIES, parity_module, require_shared, tiny_config
+from conftest import BACKBONE_FAMILIES, parity_module, require_shared, scaled_model, tiny_config
 
 import segface_hf.modeling_segface as modeling
 from segface_hf import SegFaceForSemanticSegmentation
-
-
-def scaled_model(family: str = "timm-mobilenet", seed: int = 0, **overrides) -> SegFaceForSemanticSegmentation:
-    """A tiny model whose decoder has unit-scale weights (the default initialisation makes logits of order 1e-4)."""
-    torch.manual_seed(seed)
-    model = SegFaceForSemanticSegmentation(tiny_config(family, **overrides)).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("backbone"):
-                continue
-            if parameter.dim() >= 2:
-                fan_in = parameter.shape[0] if "upscale_conv" in name else parameter[0].numel()
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
-            elif "norm" in name and name.endswith("weight"):
-                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
-            else:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 def both_paths(model, *args, **kwargs):

@@ -86,13 +86,7 @@ def tiny_model_config(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing the CI machine's cores (and is faster there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(dataset, config, output_dir, **overrides) -> SegFaceTrainingRecipe:
