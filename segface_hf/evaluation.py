@@ -16,9 +16,7 @@ The confusion matrix is accumulated over the whole split (one dataset-level matr
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .file_utils import atomic_write_text
 from .image_processing_segface import SegFaceImageProcessor, resized_argmax
 from .metrics import scores_from_confusion
 
@@ -270,22 +269,10 @@ def format_scores_table(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_results_json(result: EvaluationResult, path: str | Path) -> Path:
     """Write the result as JSON (atomically)."""
     path = Path(path)
-    _atomic_write(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -351,7 +338,7 @@ def write_model_card(result: EvaluationResult, readme: str | Path, model_name: s
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.DOTALL)
     body = pattern.sub(lambda _: section, body) if pattern.search(body) else body.rstrip("\n") + "\n\n" + section + "\n"
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
-    _atomic_write(readme, str(card))
+    atomic_write_text(readme, str(card))
     return readme
 
 

@@ -33,6 +33,28 @@ SEGFACE_CITATION = """@inproceedings{narayan2025segface,
   year={2025}
 }"""
 
+CELEBAMASK_HQ_CITATION = """@inproceedings{lee2020maskgan,
+  title={MaskGAN: Towards Diverse and Interactive Facial Image Manipulation},
+  author={Lee, Cheng-Han and Liu, Ziwei and Wu, Lingyun and Luo, Ping},
+  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2020}
+}"""
+
+LAPA_CITATION = """@inproceedings{liu2020new,
+  title={A New Dataset and Boundary-Attention Semantic Segmentation for Face Parsing},
+  author={Liu, Yinglu and Shi, Hailin and Shen, Hao and Si, Yue and Wang, Xiaobo and Mei, Tao},
+  booktitle={AAAI Conference on Artificial Intelligence},
+  pages={11637--11644},
+  year={2020}
+}"""
+
+HELEN_CITATION = """@inproceedings{le2012interactive,
+  title={Interactive Facial Feature Localization},
+  author={Le, Vuong and Brandt, Jonathan and Lin, Zhe and Bourdev, Lubomir and Huang, Thomas S.},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2012}
+}"""
+
 BACKBONE_NAMES = {
     "swin_base": "Swin-B", "swinv2_base": "Swin-V2-B", "swinv2_small": "Swin-V2-S", "swinv2_tiny": "Swin-V2-T",
     "convnext_base": "ConvNeXt-B", "convnext_small": "ConvNeXt-S", "resnet101": "ResNet-101",
@@ -61,12 +83,7 @@ DATASETS = {
         "of data derived from them",
         test_images="2,824 test images (CelebA's `list_eval_partition.txt` joined through "
         "`CelebA-HQ-to-CelebA-mapping.txt`)",
-        citation="""@inproceedings{lee2020maskgan,
-  title={MaskGAN: Towards Diverse and Interactive Facial Image Manipulation},
-  author={Lee, Cheng-Han and Liu, Ziwei and Wu, Lingyun and Luo, Ping},
-  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2020}
-}""",
+        citation=CELEBAMASK_HQ_CITATION,
     ),
     "lapa": DatasetInfo(
         name="LaPa",
@@ -74,12 +91,7 @@ DATASETS = {
         url="https://github.com/jd-opensource/lapa-dataset",
         license_summary="non-commercial research use only; no redistribution",
         test_images="the 2,000 test images",
-        citation="""@inproceedings{liu2020new,
-  title={A New Dataset and Boundary-Attention Semantic Segmentation for Face Parsing},
-  author={Liu, Yinglu and Shi, Hailin and Shen, Hao and Si, Yue and Wang, Xiaobo and Mei, Tao},
-  booktitle={AAAI Conference on Artificial Intelligence},
-  year={2020}
-}""",
+        citation=LAPA_CITATION,
     ),
     "helen": DatasetInfo(
         name="Helen",
@@ -88,12 +100,7 @@ DATASETS = {
         license_summary="Flickr images that remain their owners' property; the releases are for non-commercial "
         "research use",
         test_images="the test split of the Relabeled-HELEN layout",
-        citation="""@inproceedings{le2012interactive,
-  title={Interactive Facial Feature Localization},
-  author={Le, Vuong and Brandt, Jonathan and Lin, Zhe and Bourdev, Lubomir and Huang, Thomas S.},
-  booktitle={European Conference on Computer Vision (ECCV)},
-  year={2012}
-}""",
+        citation=HELEN_CITATION,
     ),
 }
 

@@ -32,6 +32,7 @@ from .faces import (
     plan_image,
     segment_crops,
 )
+from .file_utils import atomic_write_text
 from .image_processing_segface import SegFaceImageError, load_image, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
@@ -219,17 +220,6 @@ def _record(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingRe
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -412,7 +402,7 @@ def predict(
 
     order = {str(item.path): index for index, item in enumerate(items)}
     summary.records.sort(key=lambda r: order.get(r["input"], -1))
-    _atomic_write_text(output_dir / SUMMARY_NAME, json.dumps(summary.to_dict(model_name, config), indent=2) + "\n")
+    atomic_write_text(output_dir / SUMMARY_NAME, json.dumps(summary.to_dict(model_name, config), indent=2) + "\n")
     return summary
 
 
@@ -422,8 +412,8 @@ __all__ = [
     "SegFacePredictOptions",
     "SegFacePredictSummary",
     "SegFaceUsageError",
-    "collect_inputs",
     "check_model_location",
+    "collect_inputs",
     "load_model",
     "load_segface_model",
     "predict",

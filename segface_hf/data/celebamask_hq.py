@@ -17,6 +17,7 @@ import numpy as np
 from datasets import Features, Image, Value
 
 from ..configuration_segface import CELEBAMASK_HQ_LABELS
+from ..model_card import CELEBAMASK_HQ_CITATION
 from .common import (
     DUPLICATE_ID,
     IGNORED,
@@ -81,12 +82,7 @@ CARD = CardInfo(
         "one organisation. Keep this copy private (the builder pushes to a private repo). Read the full terms at "
         "https://github.com/switchablenorms/CelebAMask-HQ before use."
     ),
-    citation="""@inproceedings{lee2020maskgan,
-  title={MaskGAN: Towards Diverse and Interactive Facial Image Manipulation},
-  author={Lee, Cheng-Han and Liu, Ziwei and Wu, Lingyun and Luo, Ping},
-  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2020}
-}""",
+    citation=CELEBAMASK_HQ_CITATION,
     source_url="https://mmlab.ie.cuhk.edu.hk/projects/CelebA/CelebAMask_HQ.html",
     notes=[
         "`label` is 512x512 while `image` is 1024x1024, as released; resize each to the model resolution "

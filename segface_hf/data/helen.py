@@ -15,6 +15,7 @@ import numpy as np
 from datasets import Features, Image, List, Value
 
 from ..configuration_segface import HELEN_LABELS
+from ..model_card import HELEN_CITATION
 from .common import (
     BAD_LANDMARKS,
     IGNORED,
@@ -65,12 +66,8 @@ CARD = CardInfo(
         "are for non-commercial research use. Do not redistribute this copy (the builder pushes to a private repo) "
         "and read the terms at https://github.com/JPlin/Relabeled-HELEN-Dataset before use."
     ),
-    citation="""@inproceedings{le2012interactive,
-  title={Interactive Facial Feature Localization},
-  author={Le, Vuong and Brandt, Jonathan and Lin, Zhe and Bourdev, Lubomir and Huang, Thomas S.},
-  booktitle={European Conference on Computer Vision (ECCV)},
-  year={2012}
-}
+    citation=HELEN_CITATION
+    + """
 @inproceedings{lin2019face,
   title={Face Parsing with RoI Tanh-Warping},
   author={Lin, Jinpeng and Yang, Hao and Chen, Dong and Zeng, Ming and Wen, Fang and Yuan, Lu},

@@ -13,6 +13,7 @@ import numpy as np
 from datasets import Features, Image, List, Value
 
 from ..configuration_segface import LAPA_LABELS
+from ..model_card import LAPA_CITATION
 from .common import (
     BAD_LANDMARKS,
     IGNORED,
@@ -60,13 +61,7 @@ CARD = CardInfo(
         "private (the builder pushes to a private repo) and read the terms at "
         "https://github.com/jd-opensource/lapa-dataset before use."
     ),
-    citation="""@inproceedings{liu2020new,
-  title={A New Dataset and Boundary-Attention Semantic Segmentation for Face Parsing},
-  author={Liu, Yinglu and Shi, Hailin and Shen, Hao and Si, Yue and Wang, Xiaobo and Mei, Tao},
-  booktitle={AAAI Conference on Artificial Intelligence},
-  pages={11637--11644},
-  year={2020}
-}""",
+    citation=LAPA_CITATION,
     source_url="https://github.com/jd-opensource/lapa-dataset",
     notes=[
         "`landmarks` are the 106 (x, y) points of the release, in pixels of `image`.",
