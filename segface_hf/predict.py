@@ -274,7 +274,8 @@ def check_model_location(model_name_or_path: str) -> str:
 
 def load_segface_model(model_name_or_path: str, device: str = "cpu"):
     """Load a SegFace model (a local folder or a Hub id) in eval mode on `device`; a one-line `SegFaceUsageError`
-    for an unusable device, a missing folder, a file, an unreachable id or a model of another type."""
+    for an unusable device, a missing folder, a file, an unreachable id, a model of another type or weights that
+    cannot be read."""
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -289,7 +290,14 @@ def load_segface_model(model_name_or_path: str, device: str = "cpu"):
         raise SegFaceUsageError(f"cannot load the model {model_name_or_path!r}: {first_line}") from error
     if config.model_type != "segface":
         raise SegFaceUsageError(f"{model_name_or_path} is a {config.model_type!r} model, not a SegFace model.")
-    return AutoModelForSemanticSegmentation.from_pretrained(path, config=config).to(device).eval()
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(path, config=config)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SegFaceUsageError(f"cannot load the weights of {model_name_or_path!r}: {first_line}") from error
+    return model.to(device).eval()
 
 
 def load_model(model_name_or_path: str, device: str = "cpu"):

@@ -296,6 +296,11 @@ def test_usage_errors(tiny_model, good, tmp_path, capsys, monkeypatch):
     assert code == 2 and stderr.count("\n") == 1 and "cannot load the model" in stderr
     code, _, stderr = run(capsys, good, "--model", tmp_path / "missing", "--output-dir", tmp_path / "out")
     assert code == 2 and stderr.count("\n") == 1 and "no such folder" in stderr
+    corrupt = _save_tiny(tmp_path / "corrupt", 19)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    code, _, stderr = run(capsys, good, "--model", corrupt, "--output-dir", tmp_path / "out")
+    assert code == 2 and stderr.count("\n") == 1 and "cannot load the weights" in stderr
+    assert not (tmp_path / "out").exists()
     code, _, stderr = run(capsys, good, "--model", tiny_model, "--output-dir", tmp_path / "out", "--batch-size", "0")
     assert code == 2 and "--batch-size" in stderr
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)

@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO_ROOT, parity_module, require_shared
+from conftest import REPO_ROOT, parity_module, require_shared, tiny_config
 from hub_standin import hub_standin  # noqa: F401  (the fixture)
 
 SPACE_DIR = REPO_ROOT / "spaces" / "segface"
@@ -272,6 +272,8 @@ def test_model_menu_entries(tmp_path):
     space_app()
     from segface_demo.models import ModelRegistry, ModelUnavailableError, resolve
 
+    from segface_hf import SegFaceForSemanticSegmentation, SegFaceImageProcessor
+
     assert resolve("lapa").location == "swinb_lapa_448" and resolve("mobilenet").kind == "official"
     assert resolve("my-org/segface-x").kind == "hub"
     assert resolve(str(tmp_path)).kind == "folder" and resolve("./not-there").kind == "folder"
@@ -283,3 +285,11 @@ def test_model_menu_entries(tmp_path):
     with pytest.raises(ModelUnavailableError, match="does not exist.*SEGFACE_MODEL="):
         registry.get()
     assert registry.status()[0] == "failed"
+
+    # A folder whose weights cannot be read: the same kind of message, not a traceback.
+    corrupt = tmp_path / "corrupt"
+    SegFaceForSemanticSegmentation(tiny_config()).save_pretrained(corrupt)
+    SegFaceImageProcessor(size={"height": 64, "width": 64}).save_pretrained(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelUnavailableError, match="could not be loaded.*SEGFACE_MODEL="):
+        ModelRegistry(str(corrupt)).get()

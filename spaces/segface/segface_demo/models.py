@@ -212,10 +212,12 @@ def load(choice: ModelChoice) -> LoadedModel:
         location = choice.location
     else:
         location = choice.location
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(location).eval()
         processor = AutoImageProcessor.from_pretrained(location)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelUnavailableError(
             f"The model `{choice.key}` could not be loaded ({reason}). {HOW_TO_POINT}"
