@@ -754,5 +754,6 @@ def hub_standin(monkeypatch, tmp_path_factory):
             monkeypatch.setattr(
                 datasets_config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
             )
+            monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
         yield hub
         assert not hub.server_errors, f"the stand-in Hub failed on: {hub.server_errors}"
