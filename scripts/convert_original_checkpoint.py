@@ -2,7 +2,7 @@
 
     python scripts/convert_original_checkpoint.py --checkpoint model_299.pt --variant swinb_celeba_512 --output-dir DIR
 
-Same as `segface convert`; see `segface_hf.conversion.convert_original_checkpoint` for what is checked.
+Same as `segface convert`; see `segface_hf.release.conversion.convert_original_checkpoint` for what is checked.
 """
 
 import sys

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 import segface_hf  # noqa: F401  (registers the Auto classes)
-from segface_hf.conversion import convert_original_checkpoint
-from segface_hf.image_processing_segface import load_image
+from segface_hf.release.conversion import convert_original_checkpoint
+from segface_hf.image_io import load_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

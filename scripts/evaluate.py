@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from segface_hf.evaluation import (
+from segface_hf.training.evaluation import (
     EvaluationResult,
     constant_prediction_scores,
     evaluate_pretrained,

@@ -50,7 +50,7 @@ def _require(args, parser, *names: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from segface_hf import publishing
+    from segface_hf.release import publishing
 
     try:
         if args.variant:

@@ -15,7 +15,8 @@ from .configuration_segface import (
     SegFaceConfig,
     backbone_config_for,
 )
-from .image_processing_segface import SegFaceImageError, SegFaceImageProcessor
+from .image_processing_segface import SegFaceImageProcessor
+from .image_io import SegFaceImageError
 from .modeling_segface import SegFaceForSemanticSegmentation, SegFacePreTrainedModel
 
 __version__ = "0.1.0"
@@ -35,7 +36,11 @@ SegFaceConfig.register_for_auto_class()
 SegFaceForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 SegFaceImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-from . import pipeline_support  # noqa: E402,F401  (pipeline("image-segmentation") support)
+from .inference.pipeline import register_pipeline_support  # noqa: E402
+from .moved_modules import install_moved_module_hints  # noqa: E402
+
+register_pipeline_support()  # pipeline("image-segmentation") accepts SegFace models
+install_moved_module_hints()
 
 __all__ = [
     "CELEBAMASK_HQ_LABELS",
@@ -44,6 +49,7 @@ __all__ = [
     "LAPA_LABELS",
     "OFFICIAL_VARIANTS",
     "SegFaceConfig",
+    "SegFaceError",
     "SegFaceForSemanticSegmentation",
     "SegFaceImageError",
     "SegFaceImageProcessor",

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import SegFaceError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The original's `--model` name for each backbone preset, and the module and class of each original head.
@@ -56,7 +58,7 @@ IMPLEMENTATION_ORIGINAL = "original"
 IMPLEMENTATION_ONNX = "onnxruntime"
 
 
-class SegFaceBenchmarkError(RuntimeError):
+class SegFaceBenchmarkError(SegFaceError, RuntimeError):
     """A benchmark that cannot run as asked (missing device, library or original code)."""
 
 
@@ -531,7 +533,7 @@ def _options_label(settings: BenchmarkSettings) -> str:
 
 
 def _inputs(config, batch: int, resolution: int, device, dtype, seed: int) -> dict[str, torch.Tensor]:
-    from .onnx_export import example_inputs
+    from .release.onnx_export import example_inputs
 
     inputs = example_inputs(config, batch, (resolution, resolution), seed=seed)
     inputs["pixel_values"] = inputs["pixel_values"].to(device, dtype)
@@ -572,7 +574,7 @@ def _time_case(
 
 
 def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str) -> Callable[..., object]:
-    from .onnx_export import export_onnx, load_onnx_session
+    from .release.onnx_export import export_onnx, load_onnx_session
 
     path = Path(folder) / f"segface_{resolution}.onnx"
     export_onnx(model, path, image_size=resolution, overwrite=True)

@@ -30,7 +30,7 @@ def _add_convert_parser(subparsers) -> None:
 
 
 def _run_convert(args) -> int:
-    from .conversion import convert_original_checkpoint
+    from .release.conversion import convert_original_checkpoint
 
     summary = convert_original_checkpoint(args.checkpoint, args.variant, args.output_dir, overwrite=args.overwrite)
     print(summary)
@@ -70,7 +70,7 @@ def _add_predict_parser(subparsers) -> None:
 
 
 def _run_predict(args) -> int:
-    from .predict import SegFacePredictOptions, load_model, predict
+    from .inference.predict import SegFacePredictOptions, load_model, predict
 
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
@@ -106,7 +106,7 @@ def _add_download_parser(subparsers) -> None:
 
 
 def _run_download(args) -> int:
-    from .hub import download_official
+    from .release.hub import download_official
 
     print(download_official(args.variant, args.output_dir, cache_dir=args.cache_dir, overwrite=args.overwrite))
     return 0
@@ -137,8 +137,8 @@ def _run_export_onnx(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from .onnx_export import SegFaceOnnxError, _require_onnx, export_onnx
-    from .predict import check_model_location, load_segface_model
+    from .release.onnx_export import SegFaceOnnxError, _require_onnx, export_onnx
+    from .inference.predict import check_model_location, load_segface_model
 
     # Everything that can be checked without the model fails here, before a possibly long load or download.
     image_size = None

@@ -108,7 +108,7 @@ def parity_model(tmp_path_factory):
     """The MobileNet parity fixture (original release format, random weights) converted to a model folder."""
     import torch
 
-    from segface_hf.conversion import convert_original_checkpoint
+    from segface_hf.release.conversion import convert_original_checkpoint
 
     work = tmp_path_factory.mktemp("parity-model")
     fixture = parity_module().load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))

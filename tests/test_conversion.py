@@ -10,7 +10,7 @@ import torch
 from conftest import REPO_ROOT, parity_module, require_shared
 
 from segface_hf.cli import main
-from segface_hf.conversion import SegFaceCheckpointError, convert_original_checkpoint, load_original_checkpoint
+from segface_hf.release.conversion import SegFaceCheckpointError, convert_original_checkpoint, load_original_checkpoint
 
 
 @pytest.fixture(scope="module")

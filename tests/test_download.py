@@ -15,8 +15,8 @@ from hub_standin import hub_standin  # noqa: F401  (the fixture)
 from safetensors.torch import load_file
 
 from segface_hf.cli import main
-from segface_hf.conversion import convert_original_checkpoint
-from segface_hf.hub import OFFICIAL_REPO_ID, SegFaceDownloadError, download_official, official_checkpoint
+from segface_hf.release.conversion import convert_original_checkpoint
+from segface_hf.release.hub import OFFICIAL_REPO_ID, SegFaceDownloadError, download_official, official_checkpoint
 
 VARIANT = "mobilenet_celeba_512"
 

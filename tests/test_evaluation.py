@@ -14,7 +14,7 @@ import torch
 from conftest import REPO_ROOT, tiny_config
 
 from segface_hf import SegFaceForSemanticSegmentation, SegFaceImageProcessor
-from segface_hf.evaluation import (
+from segface_hf.training.evaluation import (
     EvaluationResult,
     constant_prediction_scores,
     format_scores_table,

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_DECODER, require_shared, tiny_backbone_config, tiny_config
 
 from segface_hf import LAPA_LABELS, SegFaceConfig, SegFaceForSemanticSegmentation, SegFaceImageProcessor
-from segface_hf.faces import (
+from segface_hf.inference.faces import (
     SegFaceFaceCrop,
     SegFaceFaceDetection,
     SegFaceFaceDetector,

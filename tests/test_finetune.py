@@ -120,7 +120,7 @@ def _script(name: str):
 def test_trainer_finetunes_a_tiny_model_on_facesynthetics(facesynthetics, tmp_path, capsys):
     import datasets
 
-    from segface_hf.evaluation import model_label_mapping, run_evaluation
+    from segface_hf.training.evaluation import model_label_mapping, run_evaluation
     from segface_hf.training.sources import read_labels_file
 
     folder, labels = facesynthetics

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, scaled_model
 
-from segface_hf import onnx_export
-from segface_hf.onnx_export import (
+from segface_hf.release import onnx_export
+from segface_hf.release.onnx_export import (
     OnnxVerification,
     SegFaceOnnxError,
     example_inputs,

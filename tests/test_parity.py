@@ -76,7 +76,7 @@ def test_fixture_list_is_complete():
 def _converted_in_process(name: str):
     from segface_hf import SegFaceConfig
     from segface_hf.configuration_segface import parse_variant
-    from segface_hf.conversion import convert_state_dict
+    from segface_hf.release.conversion import convert_state_dict
 
     sp = parity_module()
     fixture = sp.load_fixture(require_shared("parity", "fixtures", name))

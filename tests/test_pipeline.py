@@ -14,7 +14,7 @@ from hub_standin import hub_standin  # noqa: F401  (the fixture)
 from huggingface_hub import HfApi
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
-import segface_hf.pipeline_support  # noqa: F401  (the registration the package __init__ runs)
+import segface_hf.inference.pipeline  # noqa: F401  (the registration the package __init__ runs)
 from segface_hf import (
     CELEBAMASK_HQ_LABELS,
     LAPA_LABELS,

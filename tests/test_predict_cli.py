@@ -264,7 +264,7 @@ def test_very_large_image(tiny_model_5, tmp_path, capsys):
 
 
 def test_a_failure_while_writing_leaves_nothing(tiny_model, good, tmp_path, capsys, monkeypatch):
-    import segface_hf.predict as predict_module
+    import segface_hf.inference.predict as predict_module
 
     other = good.with_name("other.png")
     shutil.copy(good, other)

@@ -16,13 +16,13 @@ from hub_standin import hub_standin  # noqa: F401  (the fixture)
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from segface_hf import SegFaceConfig
-from segface_hf.model_card import (
+from segface_hf.release.model_card import (
     SegFaceModelCardError,
     build_model_card,
     check_model_card,
     load_evaluation,
 )
-from segface_hf.publishing import (
+from segface_hf.release.publishing import (
     MODEL_REPO_FILES,
     SegFacePublishError,
     build_model_repo,
@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluation_json(tmp_path_factory):
-    # The layout segface_hf.evaluation.write_results_json writes: fractions, as the metric reports them, and
+    # The layout segface_hf.training.evaluation.write_results_json writes: fractions, as the metric reports them, and
     # `r_ear` absent from both sides (None).
     path = tmp_path_factory.mktemp("eval") / "evaluation.json"
     scores = {"mean_f1": 0.8123, "f1": {"neck": 0.75, "skin": 0.9, "r_ear": None}, "num_images": 2824}
@@ -118,7 +118,7 @@ def test_card_metadata_and_sections(repo_folder):
 
 
 def test_card_palette_matches_the_visualisation(repo_folder):
-    from segface_hf.visualization import palette_for
+    from segface_hf.inference.visualization import palette_for
 
     config = SegFaceConfig.from_pretrained(repo_folder)
     text = (repo_folder / "README.md").read_text()
@@ -307,8 +307,8 @@ def test_script_help_and_mode_errors(capsys):
 def test_space_upload(hub_standin):  # noqa: F811
     result = upload_space(REPO_ROOT / "spaces" / "segface", "standin-user/segface-demo")
     files = set(hub_standin.repo("standin-user/segface-demo", repo_type="space").files)
-    assert {"app.py", "requirements.txt", "README.md", "segface_hf/__init__.py", "segface_hf/faces.py",
-            "segface_hf/visualization.py", "segface_hf/modeling_segface.py"} <= files  # fmt: skip
+    assert {"app.py", "requirements.txt", "README.md", "segface_hf/__init__.py", "segface_hf/inference/faces.py",
+            "segface_hf/inference/visualization.py", "segface_hf/modeling_segface.py"} <= files  # fmt: skip
     assert not any("__pycache__" in name for name in files)
     assert set(result.files) == files - {".gitattributes"}
     readme = hub_standin.file("standin-user/segface-demo", "README.md", repo_type="space").decode()
@@ -317,7 +317,7 @@ def test_space_upload(hub_standin):  # noqa: F811
 
 
 def test_reads_the_json_that_the_evaluation_writes(tmp_path):
-    from segface_hf.evaluation import EvaluationResult, write_results_json
+    from segface_hf.training.evaluation import EvaluationResult, write_results_json
 
     scores = {"mean_f1": 0.5, "f1": {"background": 0.9, "skin": 0.5, "hair": None}, "num_images": 3}
     written = EvaluationResult(scores=scores, protocol="native", dataset="d", split="validation", model="m")

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 def converted_fixture_model(directory) -> str:
     """The MobileNet parity fixture (original release format, random weights) converted with the package."""
-    from segface_hf.conversion import convert_original_checkpoint
+    from segface_hf.release.conversion import convert_original_checkpoint
 
     fixture = parity_module().load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))
     torch.save(fixture.checkpoint, directory / "model_299.pt")

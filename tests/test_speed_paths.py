@@ -142,7 +142,7 @@ def test_closed_form_inverse_used_for_export_matches_linalg(monkeypatch):
 def test_mobilenet_parity_fixture_on_both_paths():
     """The cheap real model: both paths reproduce the original's output, and each other."""
     from segface_hf import SegFaceConfig
-    from segface_hf.conversion import convert_state_dict
+    from segface_hf.release.conversion import convert_state_dict
 
     sp = parity_module()
     fixture = sp.load_fixture(require_shared("parity", "fixtures", "mobilenet_celeba_512"))

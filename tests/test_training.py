@@ -457,7 +457,7 @@ def test_training_saves_model_steps_the_schedule_per_epoch_and_pushes(
 
 
 def test_two_process_cpu_run_validates_the_whole_split(tiny_dataset, tiny_model_config, tmp_path):
-    from segface_hf.evaluation import model_label_mapping, run_evaluation
+    from segface_hf.training.evaluation import model_label_mapping, run_evaluation
 
     def command(output):
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segface_hf import CELEBAMASK_HQ_LABELS, LAPA_LABELS, SegFaceConfig
-from segface_hf.visualization import (
+from segface_hf.inference.visualization import (
     CELEBAMASK_HQ_PALETTE,
     LAPA_PALETTE,
     class_areas,

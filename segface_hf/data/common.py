@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from ..errors import SegFaceError
+
 # Kinds of problems recorded in the build report.
 MISSING_FILE = "missing_file"
 CORRUPT_FILE = "corrupt_file"
@@ -43,7 +45,7 @@ _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP":
 SPLIT_NAME_PATTERN = re.compile(r"^\w+(\.\w+)*$")
 
 
-class RawLayoutError(ValueError):
+class RawLayoutError(SegFaceError, ValueError):
     """A raw dataset folder (or a file that describes it) does not match the expected layout."""
 
 
@@ -178,7 +180,7 @@ class BuildPlan:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-class SampleError(Exception):
+class SampleError(SegFaceError):
     """A file of one sample cannot be used; carries the report kind."""
 
     def __init__(self, kind: str, detail: str, path: Path | str | None = None):

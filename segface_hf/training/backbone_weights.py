@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SegFaceError
+
 logger = logging.getLogger(__name__)
 
 # Default ImageNet sources per backbone preset (see configuration_segface.BACKBONE_PRESETS).
@@ -39,7 +41,7 @@ _WRAPPER_ONLY_KEYS = re.compile(r"^hidden_states_norms\.")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(SegFaceError, ValueError):
     """Backbone weights that cannot be read or do not fit the backbone."""
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..image_processing_segface import SegFaceImageProcessor, to_label_map, to_rgb
+from ..image_processing_segface import SegFaceImageProcessor
+from ..image_io import to_label_map, to_rgb
 
 MAX_LABEL_VALUE = 65535
 

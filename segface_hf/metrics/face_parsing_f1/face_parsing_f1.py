@@ -135,7 +135,7 @@ def confusion_matrix(prediction, reference, num_labels: int, ignore_index: int |
     if prediction.shape != reference.shape:
         raise ValueError(
             f"prediction of shape {prediction.shape} and reference of shape {reference.shape} must match; resize "
-            "one to the other first (see segface_hf.evaluation for the two protocols)."
+            "one to the other first (see segface_hf.training.evaluation for the two protocols)."
         )
     prediction = prediction.reshape(-1).astype(np.int64, copy=False)
     reference = reference.reshape(-1).astype(np.int64, copy=False)

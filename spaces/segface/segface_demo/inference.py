@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from segface_hf.faces import SegFaceFaceDetector, SegFaceMissingDependencyError, SegFaceNoFaceError, parse_faces
-from segface_hf.image_processing_segface import SegFaceImageError, load_image, to_rgb
-from segface_hf.visualization import class_areas, colorize, overlay, palette_for
+from segface_hf.inference.faces import SegFaceFaceDetector, SegFaceMissingDependencyError, SegFaceNoFaceError, parse_faces
+from segface_hf.errors import SegFaceError
+from segface_hf.image_io import SegFaceImageError, load_image, to_rgb
+from segface_hf.inference.visualization import class_areas, colorize, overlay, palette_for
 
 MAX_MEGAPIXELS = float(os.environ.get("SEGFACE_MAX_MEGAPIXELS", "40"))
 MIN_SIDE = 16
 READABLE_FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 
 
-class DemoInputError(ValueError):
+class DemoInputError(SegFaceError, ValueError):
     """A problem with the user's input, worded for the page."""
 
 

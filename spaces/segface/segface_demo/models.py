@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from segface_hf.configuration_segface import OFFICIAL_VARIANTS, parse_variant
+from segface_hf.errors import SegFaceError
 
 DEFAULT_SOURCE = "mobilenet_celeba_512"
 ALIASES = {
@@ -55,7 +56,7 @@ HOW_TO_POINT = (
 )
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(SegFaceError, RuntimeError):
     """A model that cannot be loaded here; the message says why and how to point the demo at one."""
 
 
@@ -159,12 +160,12 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 
 def _official_folder(variant: str) -> Path:
     """The converted folder of an official variant: from the demo's cache; else converted from the checkpoint in
-    the `huggingface_hub` cache; else downloaded, converted and verified (`segface_hf.hub.download_official`,
+    the `huggingface_hub` cache; else downloaded, converted and verified (`segface_hf.release.hub.download_official`,
     which writes the folder only when all of that succeeded)."""
     from huggingface_hub import try_to_load_from_cache
 
-    from segface_hf.conversion import convert_original_checkpoint
-    from segface_hf.hub import CHECKPOINT_FILENAME, OFFICIAL_REPO_ID, download_official
+    from segface_hf.release.conversion import convert_original_checkpoint
+    from segface_hf.release.hub import CHECKPOINT_FILENAME, OFFICIAL_REPO_ID, download_official
 
     folder = cache_dir() / variant
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():

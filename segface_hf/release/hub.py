@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .configuration_segface import OFFICIAL_VARIANTS
+from ..errors import SegFaceError
+from ..configuration_segface import OFFICIAL_VARIANTS
 
 OFFICIAL_REPO_ID = "kartiknarayan/SegFace"
 CHECKPOINT_FILENAME = "model_299.pt"
 
 
-class SegFaceDownloadError(ValueError):
+class SegFaceDownloadError(SegFaceError, ValueError):
     """The official checkpoint could not be fetched, converted or verified."""
 
 
@@ -102,7 +103,7 @@ def verify_model_folder(folder: str | os.PathLike, size: int = 64) -> tuple[int,
     import torch
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from .faces import template_landmarks
+    from ..inference.faces import template_landmarks
 
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()

@@ -19,7 +19,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
-from .configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
+from ..errors import SegFaceError
+from ..configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
 from .model_card import EVALUATION_FILENAME, build_model_card, check_model_card, load_evaluation
 
 # What a published model repo must hold for `from_pretrained`, with or without the package.
@@ -31,13 +32,16 @@ MODEL_REPO_FILES = (
     "configuration_segface.py",
     "modeling_segface.py",
     "image_processing_segface.py",
+    # imported by the three files above, so saved beside them as remote code
+    "image_io.py",
+    "errors.py",
 )
 CHECKPOINT_FILENAME = "model_299.pt"
 # Files of the Space folder that are not part of the app (caches, local outputs).
 _SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "flagged", ".gradio", "*.log")
 
 
-class SegFacePublishError(ValueError):
+class SegFacePublishError(SegFaceError, ValueError):
     """A folder, checkpoint set or repo id that cannot be published as asked."""
 
 
@@ -335,7 +339,7 @@ def build_space_folder(space_dir: str | os.PathLike, output_dir: str | os.PathLi
     for required in ("app.py", "requirements.txt", "README.md"):
         if not (space_dir / required).is_file():
             raise SegFacePublishError(f"{space_dir} is not a Space folder: {required} is missing.")
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]
     staging = _staging_dir(output_dir, overwrite)
     try:
         target = staging / "space"

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SegFaceError
+
 # The agreement an export must reach with PyTorch on the same inputs.
 MAX_ABS_LOGIT_DIFFERENCE = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -29,7 +31,7 @@ MIN_ARGMAX_AGREEMENT = 0.999
 _TEMPLATE_512 = ((196.0, 226.0), (316.0, 226.0), (256.0, 286.0), (220.0, 360.4), (292.0, 360.4))
 
 
-class SegFaceOnnxError(RuntimeError):
+class SegFaceOnnxError(SegFaceError, RuntimeError):
     """An ONNX export that could not be made or does not reproduce the PyTorch model."""
 
 

@@ -33,8 +33,10 @@ import PIL.ImageFilter
 import torch
 import torch.nn.functional as F
 
-from .configuration_segface import LAPA_LABELS
-from .image_processing_segface import SegFaceImageError, resized_argmax, to_rgb
+from ..errors import SegFaceError
+from ..configuration_segface import LAPA_LABELS
+from ..image_processing_segface import resized_argmax
+from ..image_io import SegFaceImageError, to_rgb
 
 FRAMINGS = ("celebamask-hq", "helen", "lapa")
 FACES_EXTRA_HINT = 'pip install "segface-hf[faces]" (or: pip install facenet-pytorch==2.5.3)'
@@ -53,7 +55,7 @@ HELEN_OUTLINE_SHIFT_PER_NOSE_SHIFT = 1.0
 LAPA_CONTEXT = 2.0
 
 
-class SegFaceMissingDependencyError(ImportError):
+class SegFaceMissingDependencyError(SegFaceError, ImportError):
     """An optional dependency (the face detector) is not installed."""
 
 
@@ -221,7 +223,7 @@ def helen_quad(landmarks) -> np.ndarray:
 def lapa_quad(landmarks, model_size: int) -> np.ndarray:
     """The crop handed to a LaPa model: an axis-aligned square, `LAPA_CONTEXT` times the side of the model's aligned
     face frame (the 5-point template at `model_size`), centred on that frame."""
-    from .modeling_segface import face_alignment_matrix
+    from ..modeling_segface import face_alignment_matrix
 
     points = _check_landmarks(landmarks)
     matrix = face_alignment_matrix(torch.tensor(points[None], dtype=torch.float64), (model_size, model_size))[0].numpy()
@@ -382,7 +384,7 @@ def face_crops(image, detections: Sequence[SegFaceFaceDetection], framing: str,
 def template_landmarks(width: int, height: int, model_size: int) -> np.ndarray:
     """The 5 landmarks at which a LaPa model's alignment is the identity, in the pixels of a `width` x `height`
     image that the processor resizes to `model_size` (i.e. for an image that is already an aligned face)."""
-    from .modeling_segface import _FACE_TEMPLATE_512
+    from ..modeling_segface import _FACE_TEMPLATE_512
 
     template = np.asarray(_FACE_TEMPLATE_512, dtype=np.float64).reshape(5, 2) * (model_size - 1) / 512.0
     return template * np.array([width / model_size, height / model_size])

@@ -10,7 +10,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-from .configuration_segface import CELEBAMASK_HQ_LABELS, LAPA_LABELS
+from ..configuration_segface import CELEBAMASK_HQ_LABELS, LAPA_LABELS
 
 # The official CelebAMask-HQ colour of each class, by class name. The original SegFace code applied this list in the
 # official class order to its own (different) class order, so that e.g. its neck got the official skin red (bug 28 of
@@ -178,7 +178,7 @@ def overlay(image, label_map, palette, alpha: float = 0.5, include_background: b
     Returns:
         `PIL.Image.Image`: the RGB overlay, of the photo's size.
     """
-    from .image_processing_segface import to_rgb
+    from ..image_io import to_rgb
 
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")

@@ -23,6 +23,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import SegFaceError
 from .faces import (
     FRAMINGS,
     SegFaceFaceDetector,
@@ -32,8 +33,8 @@ from .faces import (
     plan_image,
     segment_crops,
 )
-from .file_utils import atomic_write_text
-from .image_processing_segface import SegFaceImageError, load_image, to_rgb
+from ..file_utils import atomic_write_text
+from ..image_io import SegFaceImageError, load_image, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
@@ -42,7 +43,7 @@ LEGEND_NAME = "legend.png"
 _GLOB_CHARACTERS = set("*?[")
 
 
-class SegFaceUsageError(ValueError):
+class SegFaceUsageError(SegFaceError, ValueError):
     """A problem with the command as a whole (model, device, output folder), not with one input."""
 
 

@@ -14,7 +14,7 @@ Importing `segface_hf` runs [`register_pipeline_support`].
 
 from __future__ import annotations
 
-from .configuration_segface import SegFaceConfig
+from ..configuration_segface import SegFaceConfig
 
 
 def register_pipeline_support() -> None:
@@ -29,7 +29,5 @@ def register_pipeline_support() -> None:
     if SegFaceConfig not in VIDEO_PROCESSOR_MAPPING:
         AutoVideoProcessor.register(SegFaceConfig, video_processor_classes={}, exist_ok=True)
 
-
-register_pipeline_support()
 
 __all__ = ["register_pipeline_support"]

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .file_utils import atomic_write_text
-from .image_processing_segface import SegFaceImageProcessor, resized_argmax
-from .metrics import scores_from_confusion
+from ..file_utils import atomic_write_text
+from ..image_processing_segface import SegFaceImageProcessor, resized_argmax
+from ..metrics import scores_from_confusion
 
 PROTOCOLS = ("model", "native")
 _SECTION_START = "<!-- segface-hf evaluation start: {key} -->"
@@ -100,7 +100,7 @@ def model_label_mapping(model_id2label: dict[int, str], spec=None, ignore_index:
     Raises:
         `ValueError`: the dataset has classes the model does not know, listing them.
     """
-    from .training.data import SegFaceLabelMapping
+    from .data import SegFaceLabelMapping
 
     model_names = [model_id2label[i] for i in range(len(model_id2label))]
     if spec is None:
@@ -157,7 +157,7 @@ def run_evaluation(
     Returns:
         `dict`: the scores (see `segface_hf.metrics.scores_from_confusion`) plus `num_images`.
     """
-    from .training.data import SegFaceSegmentationDataset, model_inputs, segface_collate
+    from .data import SegFaceSegmentationDataset, model_inputs, segface_collate
 
     if at not in PROTOCOLS:
         raise ValueError(f"at must be one of {PROTOCOLS}, got {at!r}.")
@@ -214,8 +214,8 @@ def constant_prediction_scores(
 ) -> dict:
     """Scores of the trivial predictor that outputs `class_index` everywhere (e.g. all background, all skin): the
     floor a trained model must clear. Labels are nearest-resized to `image_size` for `at="model"`."""
-    from .image_processing_segface import to_label_map
-    from .training.data import _crop_box
+    from ..image_io import to_label_map
+    from .data import _crop_box
 
     if at not in PROTOCOLS:
         raise ValueError(f"at must be one of {PROTOCOLS}, got {at!r}.")
@@ -362,8 +362,8 @@ def evaluate_pretrained(
     """Load a model (folder or Hub repo) and a dataset split and run [`run_evaluation`]. Column arguments accept
     `"auto"` (landmarks: `landmarks_5` for face-warp models; crop box: `crop_box` when the split has it) and
     `"none"`."""
-    from .modeling_segface import SegFaceForSemanticSegmentation
-    from .training.sources import load_dataset_splits, resolve_label_spec
+    from ..modeling_segface import SegFaceForSemanticSegmentation
+    from .sources import load_dataset_splits, resolve_label_spec
 
     splits = load_dataset_splits(dataset, dataset_config)
     if split not in splits:

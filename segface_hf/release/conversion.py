@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration_segface import (
+from ..errors import SegFaceError
+from ..configuration_segface import (
     BACKBONE_PRESETS,
     SegFaceConfig,
     parse_variant,
@@ -38,7 +39,7 @@ ORIGINAL_TOKENS = {
 ORIGINAL_TOKENS["helen"] = ORIGINAL_TOKENS["lapa"]
 
 
-class SegFaceCheckpointError(ValueError):
+class SegFaceCheckpointError(SegFaceError, ValueError):
     """The file is not an official SegFace checkpoint, or not one of the requested variant."""
 
 
@@ -352,7 +353,7 @@ _KEPT_AT_INIT = {"convnext": ("backbone.model.layernorm.weight", "backbone.model
 
 def convert_state_dict(state_dict: dict, config: SegFaceConfig, backbone: str, dataset: str, model=None):
     """Map an original state dict onto `SegFaceForSemanticSegmentation(config)`; returns (model, dropped, kept)."""
-    from .modeling_segface import SegFaceForSemanticSegmentation
+    from ..modeling_segface import SegFaceForSemanticSegmentation
 
     expected_backbone, expected_dataset = backbone, dataset
     found_backbone, found_dataset = describe_checkpoint(state_dict)
@@ -461,8 +462,8 @@ def convert_original_checkpoint(
 
     The folder is written to a temporary sibling and renamed into place only when complete.
     """
-    from .image_processing_segface import SegFaceImageProcessor
-    from .modeling_segface import SegFaceForSemanticSegmentation
+    from ..image_processing_segface import SegFaceImageProcessor
+    from ..modeling_segface import SegFaceForSemanticSegmentation
 
     backbone, dataset, resolution = parse_variant(variant)  # a clear error for unknown names
     output_dir = Path(output_dir)

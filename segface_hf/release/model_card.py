@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard
 
-from .configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
+from ..errors import SegFaceError
+from ..configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
 
 PAPER_URL = "https://arxiv.org/abs/2412.08647"
 CODE_URL = "https://github.com/Kartik-3004/SegFace"
@@ -108,7 +109,7 @@ _YAML_HEADER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "license", "datasets", "tags")
 
 
-class SegFaceModelCardError(ValueError):
+class SegFaceModelCardError(SegFaceError, ValueError):
     """A model card or an evaluation file that does not have what a published SegFace card needs."""
 
 
@@ -211,7 +212,7 @@ def _label_set(config: SegFaceConfig, variant: str | None) -> str:
     if variant is not None:
         return parse_variant(variant)[1]
     names = tuple(config.id2label[i] for i in range(config.num_labels))
-    from .configuration_segface import LABEL_SETS
+    from ..configuration_segface import LABEL_SETS
 
     for label_set, labels in LABEL_SETS.items():
         if names == labels:
@@ -241,7 +242,7 @@ def _hex(color) -> str:
 
 def label_table(config: SegFaceConfig) -> str:
     """The label map as a Markdown table: index, name, palette colour (hex and a swatch)."""
-    from .visualization import palette_for
+    from ..inference.visualization import palette_for
 
     palette = palette_for(config.id2label)
     lines = ["| index | label | colour |", "|---:|---|---|"]
