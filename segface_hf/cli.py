@@ -65,17 +65,23 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="parse every input again (default: skip the inputs whose complete outputs exist)")  # fmt: skip
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers that decode images and detect faces (default: 0, in the process)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args) -> int:
+    from .inference.bulk import current_processes
     from .inference.predict import SegFacePredictOptions, load_model, predict
 
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
                                     if_no_face=args.if_no_face, alpha=args.alpha,
-                                    min_face_size=args.min_face_size)  # fmt: skip
+                                    min_face_size=args.min_face_size, overwrite=args.overwrite,
+                                    num_workers=args.num_workers)  # fmt: skip
     options.check()
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -83,11 +89,15 @@ def _run_predict(args) -> int:
 
         transformers_logging.disable_progress_bar()
         disable_progress_bars()
-    model, processor = load_model(args.model, device=args.device)
+    processes = current_processes()
+    model, processor = load_model(args.model, device=processes.device(args.device))
     summary = predict(args.inputs, model, processor, args.output_dir, options=options, model_name=args.model,
-                      progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr))  # fmt: skip
-    print(f"segface predict: {summary.succeeded} succeeded, {summary.failed} failed; outputs and summary.json in "
-          f"{args.output_dir}")  # fmt: skip
+                      progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr),
+                      processes=processes)  # fmt: skip
+    if processes.is_main:
+        skipped = f", {summary.skipped} skipped (already parsed)" if summary.skipped else ""
+        print(f"segface predict: {summary.succeeded} succeeded, {summary.failed} failed{skipped}; outputs and "
+              f"summary.json in {args.output_dir}")  # fmt: skip
     return 1 if summary.failed else 0
 
 
