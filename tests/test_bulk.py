@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_DECODER, require_shared, tiny_backbone_config
+from hub_standin import hub_standin  # noqa: F401  (fixture)
 
 from segface_hf import CELEBAMASK_HQ_LABELS, SegFaceConfig, SegFaceForSemanticSegmentation, SegFaceImageProcessor
 from segface_hf.cli import main
@@ -192,3 +193,91 @@ def test_a_killed_run_is_finished_by_the_next(tiny_model, images, reference, tmp
     for record in summary["inputs"]:
         assert (out / record["outputs"]["overlay"]).is_file() and (out / record["outputs"]["masks"]).is_dir()
     no_leftovers(out)
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+@pytest.fixture(scope="module")
+def images_as_dataset(images, tmp_path_factory):
+    """The image folder saved as a dataset: a parquet file (the images embedded) and a save_to_disk folder."""
+    import datasets
+
+    paths = sorted(images.rglob("*.png"))
+    ids = [path.relative_to(images).with_suffix("").as_posix() for path in paths]
+    dataset = datasets.Dataset.from_dict({"image_id": ids, "photo": [str(p) for p in paths]})
+    dataset = dataset.cast_column("photo", datasets.Image())
+    folder = tmp_path_factory.mktemp("as-dataset")
+    dataset.to_parquet(str(folder / "photos.parquet"))
+    on_disk = datasets.load_dataset("parquet", data_files=str(folder / "photos.parquet"), split="train")
+    on_disk.save_to_disk(str(folder / "saved"))
+    return folder
+
+
+def test_dataset_round_trip(tiny_model, images_as_dataset, reference, tmp_path, capsys):
+    from datasets import load_dataset
+
+    _, expected = reference
+    out = tmp_path / "parses"
+    common = ["--model", tiny_model, "--output-dir", out, "--no-detect", "--batch-size", "2", "--output-format",
+              "dataset", "--shard-rows", "5", "--dataset", images_as_dataset / "photos.parquet", "--image-column",
+              "photo"]  # fmt: skip
+    code, stdout, stderr = run(capsys, *common)
+    assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
+    assert len(list((out / "data").glob("train-*.parquet"))) == 5  # 24 rows in shards of 5
+    code, stdout, _ = run(capsys, *common)
+    assert counts(stdout) == (0, 0, NUM_IMAGES)  # resumed: every shard is complete
+    code, stdout, _ = run(capsys, *common, "--overwrite")  # parsed again: the old shards give way to the new
+    assert counts(stdout) == (NUM_IMAGES, 0, 0)
+
+    parses = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(parses["image_id"]) == sorted(name[: -len(".png")] for name in expected)
+    for row in parses:
+        labels = np.asarray(row["labels"])
+        assert np.array_equal(labels, expected[row["image_id"] + ".png"]), row["image_id"]
+        assert (row["width"], row["height"]) == labels.shape[::-1] and row["mode"] == "whole-image"
+        assert row["faces"] == [] and abs(sum(row["class_fractions"].values()) - 1) < 1e-4
+    no_leftovers(out)
+
+
+def test_a_streamed_saved_dataset_gives_the_file_outputs(tiny_model, images_as_dataset, reference, tmp_path, capsys):
+    _, expected = reference
+    out = tmp_path / "streamed"
+    code, stdout, stderr = run(capsys, "--dataset", images_as_dataset / "saved", "--streaming", "--image-column",
+                               "photo", "--model", tiny_model, "--output-dir", out, "--no-detect", "--batch-size",
+                               "2", "--num-workers", "2")  # fmt: skip
+    assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
+    streamed = label_maps(out)
+    assert sorted(streamed) == sorted(expected)
+    assert all(np.array_equal(expected[name], streamed[name]) for name in expected)
+
+
+def test_dataset_usage_errors(tiny_model, images_as_dataset, images, tmp_path, capsys):
+    source = images_as_dataset / "photos.parquet"
+    cases = [
+        (["--dataset", source], "no column 'image'"),
+        (["--dataset", source, "--image-column", "photo", "--id-column", "nope"], "no column 'nope'"),
+        (["--dataset", tmp_path / "missing"], "cannot load --dataset"),
+        ([images, "--dataset", source], "not both"),
+        ([images, "--push-to-hub", "me/x"], "--output-format dataset"),
+        ([images, "--output-format", "dataset", "--overlay"], "--overlay"),
+    ]
+    for args, message in cases:
+        code, _, stderr = run(capsys, *args, "--model", tiny_model, "--output-dir", tmp_path / "out", "--no-detect")
+        assert code == 2 and message in stderr and stderr.count("\n") == 1, (args, stderr)
+
+
+def test_push_to_hub_uploads_a_private_dataset(tiny_model, images, hub_standin, tmp_path, capsys):  # noqa: F811
+    from datasets import load_dataset
+
+    out = tmp_path / "parses"
+    code, stdout, stderr = run(capsys, images / "part0", "--model", tiny_model, "--output-dir", out, "--no-detect",
+                               "--output-format", "dataset", "--push-to-hub", "standin-user/parses")  # fmt: skip
+    assert code == 0, stderr
+    assert "(private)" in stdout
+    repo = hub_standin.repo("standin-user/parses", repo_type="dataset")
+    assert repo.private
+    local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(repo.files) == (local - {"summary.json"}) | {".gitattributes"}  # summary.json names local paths
+    from_hub = load_dataset("standin-user/parses", split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(from_hub["image_id"]) == sorted(p.stem for p in (images / "part0").iterdir())

@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SegFaceError
+from ..errors import SegFaceError, error_summary
 from .faces import (
     FRAMINGS,
     SegFaceFaceDetector,
@@ -68,8 +68,8 @@ class SegFaceInput:
         path (`Path` or `None`): the image file (`None` for a dataset row).
         name (`str`): the outputs' name.
         key (`str`, *optional*): what the summary calls it (defaults to the path).
-        image (*optional*): a dataset row's image (encoded bytes, `{"bytes", "path"}` or a PIL image) instead of a
-            path.
+        image (*optional*): a dataset row's image (encoded bytes, `{"bytes", "path"}` or a PIL image, or a callable
+            returning one) instead of a path.
     """
 
     path: Path | None
@@ -82,7 +82,9 @@ class SegFaceInput:
         return self.key if self.key is not None else str(self.path)
 
     def load(self) -> PIL.Image.Image:
-        return to_rgb(load_image(self.path if self.image is None else self.image))
+        if self.image is None:
+            return to_rgb(load_image(self.path))
+        return to_rgb(load_image(self.image() if callable(self.image) else self.image))
 
 
 @dataclass
@@ -95,12 +97,15 @@ class SegFaceInputSource:
         stream (`Callable[[SegFaceProcesses], Iterable[SegFaceInput]]` or `None`): this process's share of a stream.
         failures (`list[dict]`): failure records of inputs that yield nothing (e.g. a missing path).
         split (`str`): the split name of `--output-format dataset` shards.
+        stream_in_workers (`bool`): whether `stream` may run in DataLoader workers (a streamed dataset splits its
+            shards between them itself; row numbers as ids need one reader).
     """
 
     items: list[SegFaceInput] | None = None
     stream: Callable[[SegFaceProcesses], Iterable[SegFaceInput]] | None = None
     failures: list[dict] = field(default_factory=list)
     split: str = "train"
+    stream_in_workers: bool = False
 
 
 @dataclass
@@ -193,11 +198,12 @@ def _failure(source, reason: str) -> dict:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def _save_label_png(label_map: np.ndarray, path: Path, num_labels: int) -> None:
+def save_label_png(label_map: np.ndarray, path, num_labels: int) -> None:
+    """Save a label map as a PNG (8-bit grey, 16-bit beyond 256 classes) to a path or a binary file object."""
     if num_labels <= 256:
-        PIL.Image.fromarray(label_map.astype(np.uint8), mode="L").save(path, compress_level=3)
+        PIL.Image.fromarray(label_map.astype(np.uint8), mode="L").save(path, format="PNG", compress_level=3)
     else:
-        PIL.Image.fromarray(label_map.astype(np.uint16)).save(path, compress_level=3)
+        PIL.Image.fromarray(label_map.astype(np.uint16)).save(path, format="PNG", compress_level=3)
 
 
 def _write_outputs(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingResult, config, options,
@@ -212,7 +218,7 @@ def _write_outputs(item: SegFaceInput, image: PIL.Image.Image, result: SegFacePa
     try:
         outputs = {}
         label_path = staging / "labels.png"
-        _save_label_png(result.label_map, label_path, num_labels)
+        save_label_png(result.label_map, label_path, num_labels)
         moves.append((label_path, target.with_name(target.name + ".png")))
         outputs["labels"] = f"{item.name}.png"
         if options.overlay:
@@ -234,7 +240,7 @@ def _write_outputs(item: SegFaceInput, image: PIL.Image.Image, result: SegFacePa
             outputs["faces"] = []
             for index, face in enumerate(result.faces):
                 face_path = staging / f"face{index}.png"
-                _save_label_png(face.label_map, face_path, num_labels)
+                save_label_png(face.label_map, face_path, num_labels)
                 moves.append((face_path, target.with_name(f"{target.name}_face{index}.png")))
                 outputs["faces"].append(f"{item.name}_face{index}.png")
         # Everything is written: only now replace what an earlier run may have left under these names.
@@ -296,6 +302,7 @@ class SegFacePredictOptions:
             `datasets.load_dataset` opens; see `segface_hf.inference.dataset_io`).
         num_workers (`int`, *optional*, defaults to 0): DataLoader worker processes that decode the images and
             detect the faces while the model runs (0: all in this process).
+        shard_rows (`int`, *optional*, defaults to 1000): rows per parquet shard with `output_format="dataset"`.
     """
 
     overlay: bool = False
@@ -310,6 +317,7 @@ class SegFacePredictOptions:
     overwrite: bool = False
     output_format: str = "files"
     num_workers: int = 0
+    shard_rows: int = 1000
 
     def check(self) -> None:
         if self.output_format not in OUTPUT_FORMATS:
@@ -318,6 +326,8 @@ class SegFacePredictOptions:
         if self.output_format == "dataset" and (self.overlay or self.masks or self.per_face):
             raise SegFaceUsageError("--overlay, --masks and --per-face write files; with --output-format dataset the "
                                     "label maps go into the dataset (drop those options or use --output-format files).")  # fmt: skip
+        if self.shard_rows < 1:
+            raise SegFaceUsageError(f"--shard-rows must be at least 1, got {self.shard_rows}.")
         if self.num_workers < 0:
             raise SegFaceUsageError(f"--num-workers must be 0 or more, got {self.num_workers}.")
         if self.batch_size < 1:
@@ -381,7 +391,7 @@ def load_model(model_name_or_path: str, device: str = "cpu"):
 class SegFaceFileWriter:
     """Writes each parsed input's files at once (`--output-format files`)."""
 
-    def __init__(self, output_dir: Path, config, options: SegFacePredictOptions):
+    def __init__(self, output_dir: Path, config, options: SegFacePredictOptions, split: str = "train", rank: int = 0):
         self.output_dir, self.config, self.options = output_dir, config, options
 
     @staticmethod
@@ -422,10 +432,6 @@ def _remove_staging(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 _PREPARE_ERRORS = (SegFaceImageError, OSError, ValueError, RuntimeError, MemoryError, PIL.Image.DecompressionBombError)
 
 
@@ -445,20 +451,21 @@ class _Preparer:
             plan = plan_image(image, self.model, self.processor, detector=self.detector, detect=self.options.detect,
                               framing=self.framing, if_no_face=self.options.if_no_face, name=item.source)  # fmt: skip
         except _PREPARE_ERRORS as error:
-            return item, None, None, _first_line(error)
+            return item, None, None, error_summary(error)
         return item, image, plan, None
 
 
 class _PreparedInputs(torch.utils.data.IterableDataset):
     """The prepared inputs in order; with DataLoader workers, worker `w` of `W` prepares inputs `w`, `w + W`, ...
-    (the DataLoader takes their results round-robin, so the order is kept)."""
+    (the DataLoader takes their results round-robin, so the order is kept), unless the inputs split themselves
+    between workers (a streamed `datasets.IterableDataset` does)."""
 
-    def __init__(self, make_items: Callable[[], Iterable[SegFaceInput]], prepare: _Preparer):
-        self.make_items, self.prepare = make_items, prepare
+    def __init__(self, make_items: Callable[[], Iterable[SegFaceInput]], prepare: _Preparer, split_here: bool = True):
+        self.make_items, self.prepare, self.split_here = make_items, prepare, split_here
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        step, first = (1, 0) if info is None else (info.num_workers, info.id)
+        step, first = (1, 0) if info is None or not self.split_here else (info.num_workers, info.id)
         for index, item in enumerate(self.make_items()):
             if index % step == first:
                 yield self.prepare(item)
@@ -472,12 +479,14 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def prepared_inputs(make_items, prepare: _Preparer, num_workers: int) -> Iterable:
-    """`(item, image, plan, error)` per input, prepared in `num_workers` DataLoader workers (or here with 0)."""
+def prepared_inputs(make_items, prepare: _Preparer, num_workers: int, split_here: bool = True) -> Iterable:
+    """`(item, image, plan, error)` per input, prepared in `num_workers` DataLoader workers (or here with 0);
+    `split_here=False` for inputs that split themselves between the workers."""
     if num_workers == 0:
         return map(prepare, make_items())
-    return torch.utils.data.DataLoader(_PreparedInputs(make_items, prepare), batch_size=None, num_workers=num_workers,
-                                       collate_fn=_unchanged, worker_init_fn=_one_thread)  # fmt: skip
+    stream = _PreparedInputs(make_items, prepare, split_here=split_here)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_unchanged,
+                                       worker_init_fn=_one_thread)  # fmt: skip
 
 
 def predict(
@@ -556,14 +565,16 @@ def predict(
         mine = list(processes.take(todo))
         make_items = lambda: iter(mine)  # noqa: E731
     else:
+        if options.num_workers and not source.stream_in_workers:
+            raise SegFaceUsageError("a streamed dataset numbered by row needs --num-workers 0 (or an --id-column, "
+                                    "whose shards the workers can split).")  # fmt: skip
         make_items = lambda: (item for item in source.stream(processes) if item.source not in done)  # noqa: E731
 
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
     if options.detect and options.num_workers == 0:
         detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device)
-    writer = writer_class(output_dir, config, options) if options.output_format == "files" else writer_class(
-        output_dir, config, options, split=source.split, rank=processes.rank)
+    writer = writer_class(output_dir, config, options, split=source.split, rank=processes.rank)
     shard = SegFaceSummaryShard(output_dir, processes.rank)
     records: list[dict] = []
     bar = tqdm(total=total, desc="parsing", unit="image", disable=not (progress and processes.is_main), file=sys.stderr)
@@ -592,20 +603,21 @@ def predict(
                 for entry in batch:
                     finish([entry])
                 return
-            return fail(batch[0][0], _first_line(error))
+            return fail(batch[0][0], error_summary(error))
         start = 0
         for item, image, plan in batch:
             try:
                 result = plan.finish(logits[start : start + len(plan.crops)])
                 commit(writer.add(item, image, result, _record(item, image, result, {}, config)))
             except (OSError, ValueError, RuntimeError, MemoryError) as error:
-                fail(item, _first_line(error))
+                fail(item, error_summary(error))
             start += len(plan.crops)
 
     pending: list[tuple[SegFaceInput, PIL.Image.Image, SegFaceImagePlan]] = []
     try:
         preparer = _Preparer(model, processor, options, framing, detector)
-        for item, image, plan, error in prepared_inputs(make_items, preparer, options.num_workers):
+        prepared = prepared_inputs(make_items, preparer, options.num_workers, split_here=source.items is not None)
+        for item, image, plan, error in prepared:
             if error is not None:
                 fail(item, error)
                 continue
@@ -653,6 +665,7 @@ __all__ = [
     "load_model",
     "load_segface_model",
     "outputs_complete",
+    "save_label_png",
     "predict",
     "prepared_inputs",
     "summary_dict",
