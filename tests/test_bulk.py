@@ -281,3 +281,17 @@ def test_push_to_hub_uploads_a_private_dataset(tiny_model, images, hub_standin, 
     assert set(repo.files) == (local - {"summary.json"}) | {".gitattributes"}  # summary.json names local paths
     from_hub = load_dataset("standin-user/parses", split="train", cache_dir=str(tmp_path / "cache"))
     assert sorted(from_hub["image_id"]) == sorted(p.stem for p in (images / "part0").iterdir())
+
+
+def test_dataloader_workers_decode_and_detect_like_the_process(tiny_model, tmp_path, capsys):
+    results = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        code, stdout, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir", out,
+                                   "--num-workers", workers, "--batch-size", "3")  # fmt: skip
+        assert code == 0 and counts(stdout) == (3, 0, 0), stderr
+        summary = json.loads((out / "summary.json").read_text())
+        results[workers] = (label_maps(out), [(r["input"], r["faces"]) for r in summary["inputs"]])
+    (maps0, faces0), (maps2, faces2) = results[0], results[2]
+    assert faces0 == faces2 and all(len(faces) == 1 for _, faces in faces0)  # same order, same detections
+    assert sorted(maps0) == sorted(maps2) and all(np.array_equal(maps0[name], maps2[name]) for name in maps0)
