@@ -80,16 +80,22 @@ def current_processes() -> SegFaceProcesses:
     if world_size <= 1:
         return SegFaceProcesses()
     import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+
+    try:
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+    except ImportError as error:
+        raise SegFaceLaunchError(
+            f'{world_size} processes were launched; joining them needs accelerate: pip install "segface-hf[bulk]".'
+        ) from error
 
     # Without a GPU, join the processes over gloo (what ACCELERATE_USE_CPU=1 asks accelerate for).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     if state.num_processes != world_size:
         raise SegFaceLaunchError(
             f"{world_size} processes were launched but accelerate runs them as {state.num_processes} independent "
-            "run(s), which would parse every input in each; launch with accelerate launch --multi_gpu --num_processes N "
-            "-m segface_hf.cli predict ... (or torchrun)."
+            "run(s), which would parse every input in each; launch with accelerate launch --multi_gpu "
+            "--num_processes N -m segface_hf.cli predict ... (or torchrun)."
         )
     return SegFaceProcesses(rank=state.process_index, world_size=state.num_processes,
                             local_rank=state.local_process_index, _state=state)  # fmt: skip

@@ -24,6 +24,7 @@ import PIL.Image
 
 from ..errors import error_summary
 from .bulk import SegFaceProcesses
+from .faces import SegFaceMissingDependencyError
 from .predict import STAGING_PREFIX, SegFaceInput, SegFaceInputSource, SegFaceUsageError, save_label_png
 
 DATA_DIR = "data"
@@ -42,7 +43,8 @@ def _load(name_or_path: str, split: str, streaming: bool):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise SegFaceUsageError(f"--dataset {name_or_path} has no split {split!r} (it has {', '.join(loaded)}).")
+                splits = ", ".join(loaded)
+                raise SegFaceUsageError(f"--dataset {name_or_path} has no split {split!r} (it has {splits}).")
             loaded = loaded[split]
         return loaded.to_iterable_dataset() if streaming else loaded
     if path.is_file() and path.suffix == ".parquet":
@@ -82,12 +84,18 @@ def dataset_source(name_or_path: str, split: str = "train", image_column: str = 
     Returns:
         [`SegFaceInputSource`]: a list of inputs (map-style datasets) or a stream of them (`streaming`).
     """
-    import datasets
+    try:
+        import datasets
+    except ImportError as error:
+        raise SegFaceMissingDependencyError(
+            '--dataset needs the datasets package, which is not installed: pip install "segface-hf[bulk]".'
+        ) from error
 
     try:
         dataset = _load(name_or_path, split, streaming)
     except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise SegFaceUsageError(f"cannot load --dataset {name_or_path!r} (split {split!r}): {error_summary(error)}") from error
+        message = f"cannot load --dataset {name_or_path!r} (split {split!r}): {error_summary(error)}"
+        raise SegFaceUsageError(message) from error
     columns = list(dataset.features or {}) if dataset.features is not None else None
     if columns is not None and image_column not in columns:
         raise SegFaceUsageError(f"--dataset {name_or_path} has no column {image_column!r} (--image-column); its "

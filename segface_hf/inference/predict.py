@@ -422,7 +422,9 @@ def outputs_complete(record: dict, options: SegFacePredictOptions, output_dir: P
             wanted.append("faces")
     if any(key not in outputs for key in wanted):
         return False
-    paths = [outputs[key] for key in wanted if key != "faces"] + list(outputs.get("faces", []) if "faces" in wanted else [])
+    paths = [outputs[key] for key in wanted if key != "faces"]
+    if "faces" in wanted:
+        paths += list(outputs["faces"])
     return all((output_dir / path).exists() for path in paths)
 
 
@@ -546,7 +548,9 @@ def predict(
 
     # Every process reads the same state before any of them writes.
     previous = previous_records(output_dir)
-    done = set() if options.overwrite else {key for key, r in previous.items() if outputs_complete(r, options, output_dir)}
+    done = set()
+    if not options.overwrite:
+        done = {key for key, record in previous.items() if outputs_complete(record, options, output_dir)}
     watch = None
     if processes.is_main:
         _remove_staging(output_dir)
@@ -637,7 +641,8 @@ def predict(
 
     watch.stop()
     bar.close()
-    this_run = [entry for path in shard_paths(output_dir) for entry in read_shard(path, watch.offsets_at_start.get(path, 0))]
+    starts = watch.offsets_at_start
+    this_run = [entry for path in shard_paths(output_dir) for entry in read_shard(path, starts.get(path, 0))]
     records = source.failures + [record for _, record in sorted(this_run, key=lambda entry: entry[0])]
     merged = previous_records(output_dir)
     for record in source.failures:
