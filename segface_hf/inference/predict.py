@@ -34,7 +34,7 @@ from .faces import (
     segment_crops,
 )
 from ..file_utils import atomic_write_text
-from ..image_io import SegFaceImageError, load_image, to_rgb
+from ..image_io import SegFaceImageError, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
@@ -340,7 +340,7 @@ def predict(
     bar = tqdm(items, desc="parsing", unit="image", disable=not progress, file=sys.stderr)
     for item in bar:
         try:
-            image = to_rgb(load_image(item.path))
+            image = to_rgb(item.path)
             plan = plan_image(image, model, processor, detector=detector, detect=options.detect, framing=framing,
                               if_no_face=options.if_no_face, name=str(item.path))  # fmt: skip
         except (
