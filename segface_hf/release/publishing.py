@@ -34,6 +34,8 @@ MODEL_REPO_FILES = (
     "modeling_segface.py",
     "image_processing_segface.py",
     # imported by the three files above, so saved beside them as remote code
+    "fast_path_segface.py",
+    "face_warp.py",
     "image_io.py",
     "errors.py",
 )
