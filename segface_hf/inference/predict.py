@@ -340,54 +340,6 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
 
 
-def check_model_location(model_name_or_path: str) -> str:
-    """The path to load `model_name_or_path` from (`~` expanded); a one-line `SegFaceUsageError` when it names a
-    local path that is missing or a file. Hub ids pass unchecked."""
-    path = os.path.expanduser(model_name_or_path)
-    looks_like_a_path = os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~"))
-    if (looks_like_a_path or os.path.exists(path)) and not os.path.isdir(path):
-        reason = "it is a file, not a folder" if os.path.exists(path) else "no such folder"
-        raise SegFaceUsageError(f"cannot load the model {model_name_or_path!r}: {reason}.")
-    return path
-
-
-def load_segface_model(model_name_or_path: str, device: str = "cpu"):
-    """Load a SegFace model (a local folder or a Hub id) in eval mode on `device`; a one-line `SegFaceUsageError`
-    for an unusable device, a missing folder, a file, an unreachable id, a model of another type or weights that
-    cannot be read."""
-    from transformers import AutoConfig, AutoModelForSemanticSegmentation
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SegFaceUsageError("--device cuda was requested, but PyTorch sees no CUDA device here.")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise SegFaceUsageError(f"--device must be cpu or cuda, got {device!r}.")
-    path = check_model_location(model_name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SegFaceUsageError(f"cannot load the model {model_name_or_path!r}: {first_line}") from error
-    if config.model_type != "segface":
-        raise SegFaceUsageError(f"{model_name_or_path} is a {config.model_type!r} model, not a SegFace model.")
-    from safetensors import SafetensorError
-
-    try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(path, config=config)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SegFaceUsageError(f"cannot load the weights of {model_name_or_path!r}: {first_line}") from error
-    return model.to(device).eval()
-
-
-def load_model(model_name_or_path: str, device: str = "cpu"):
-    """Load a SegFace model and its image processor (a local folder or a Hub id) for inference on `device`."""
-    from transformers import AutoImageProcessor
-
-    model = load_segface_model(model_name_or_path, device)
-    processor = AutoImageProcessor.from_pretrained(os.path.expanduser(model_name_or_path))
-    return model, processor
-
-
 class SegFaceFileWriter:
     """Writes each parsed input's files at once (`--output-format files`)."""
 
@@ -665,10 +617,7 @@ __all__ = [
     "SegFacePredictOptions",
     "SegFacePredictSummary",
     "SegFaceUsageError",
-    "check_model_location",
     "collect_inputs",
-    "load_model",
-    "load_segface_model",
     "outputs_complete",
     "save_label_png",
     "predict",
