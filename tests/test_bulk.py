@@ -224,9 +224,13 @@ def test_dataset_round_trip(tiny_model, images_as_dataset, reference, tmp_path, 
               "photo"]  # fmt: skip
     code, stdout, stderr = run(capsys, *common)
     assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
-    assert len(list((out / "data").glob("train-*.parquet"))) == 5  # 24 rows in shards of 5
+    shards = sorted((out / "data").glob("train-*.parquet"))
+    assert len(shards) == 5  # 24 rows in shards of 5
+    stray = shards[0].with_name("train-00000-0.parquet")  # as a run killed before it recorded the shard leaves it
+    stray.write_bytes(shards[0].read_bytes())
     code, stdout, _ = run(capsys, *common)
     assert counts(stdout) == (0, 0, NUM_IMAGES)  # resumed: every shard is complete
+    assert not stray.exists()
     code, stdout, _ = run(capsys, *common, "--overwrite")  # parsed again: the old shards give way to the new
     assert counts(stdout) == (NUM_IMAGES, 0, 0)
 
@@ -250,6 +254,10 @@ def test_a_streamed_saved_dataset_gives_the_file_outputs(tiny_model, images_as_d
     streamed = label_maps(out)
     assert sorted(streamed) == sorted(expected)
     assert all(np.array_equal(expected[name], streamed[name]) for name in expected)
+    (out / "part1" / "img05.png").unlink()
+    code, stdout, stderr = run(capsys, "--dataset", images_as_dataset / "saved", "--streaming", "--image-column",
+                               "photo", "--model", tiny_model, "--output-dir", out, "--no-detect")  # fmt: skip
+    assert counts(stdout) == (1, 0, NUM_IMAGES - 1), stderr  # a stream counts what it skips as it goes
 
 
 def test_dataset_usage_errors(tiny_model, images_as_dataset, images, tmp_path, capsys):

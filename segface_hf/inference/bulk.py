@@ -126,6 +126,20 @@ def read_shard(path: Path, offset: int = 0) -> list[tuple[int, dict]]:
     return entries
 
 
+def read_counts(path: Path, offset: int = 0) -> dict[str, int]:
+    """The counts [`SegFaceSummaryShard.append_count`] wrote into one shard from byte `offset` on, summed by name."""
+    counts: dict[str, int] = {}
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        for line in stream:
+            try:
+                for name, value in json.loads(line)["count"].items():
+                    counts[name] = counts.get(name, 0) + int(value)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return counts
+
+
 def previous_records(output_dir: Path) -> dict[str, dict]:
     """The latest record of every input an earlier run (or a killed one) finished: `summary.json` first, then the
     shard lines in the order they were written (a later line wins)."""
@@ -154,6 +168,11 @@ class SegFaceSummaryShard:
         line = json.dumps({"seq": time.time_ns(), "record": record}, separators=(",", ":")) + "\n"
         os.write(self._fd, line.encode("utf-8"))  # one write of one line: a kill cuts at most this line short
         os.fsync(self._fd)
+
+    def append_count(self, name: str, value: int) -> None:
+        """A count that is not a record (read by [`read_counts`], ignored by [`read_shard`] and the progress)."""
+        line = json.dumps({"seq": time.time_ns(), "count": {name: int(value)}}, separators=(",", ":")) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -199,7 +218,7 @@ class SegFaceGlobalProgress:
                 except FileNotFoundError:
                     continue
                 complete = data.rfind(b"\n") + 1  # count whole lines only
-                new_lines += data[:complete].count(b"\n")
+                new_lines += sum(b'"record":' in line for line in data[:complete].splitlines())
                 self.offsets[path] = offset + complete
             if new_lines:
                 self.update(new_lines)
@@ -222,6 +241,7 @@ __all__ = [
     "SegFaceSummaryShard",
     "current_processes",
     "previous_records",
+    "read_counts",
     "read_shard",
     "remove_shards",
     "shard_paths",

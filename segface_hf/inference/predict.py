@@ -42,6 +42,7 @@ from .bulk import (
     SegFaceSummaryShard,
     current_processes,
     previous_records,
+    read_counts,
     read_shard,
     remove_shards,
     shard_paths,
@@ -389,15 +390,21 @@ def _remove_staging(output_dir: Path) -> None:
 _PREPARE_ERRORS = (SegFaceImageError, OSError, ValueError, RuntimeError, MemoryError, PIL.Image.DecompressionBombError)
 
 
+SKIPPED = "skipped: already parsed"
+
+
 class _Preparer:
     """Decodes an input and plans its crops (detecting the faces); runs in the DataLoader workers, where it makes its
-    own CPU detector."""
+    own CPU detector. Inputs in `done` are passed on unread, marked `SKIPPED`."""
 
-    def __init__(self, model, processor, options: SegFacePredictOptions, framing: str, detector):
+    def __init__(self, model, processor, options: SegFacePredictOptions, framing: str, detector,
+                 done: set[str] = frozenset()):  # fmt: skip
         self.model, self.processor, self.options, self.framing = model, processor, options, framing
-        self.detector = detector
+        self.detector, self.done = detector, done
 
     def __call__(self, item: SegFaceInput):
+        if item.source in self.done:
+            return item, None, None, SKIPPED
         if self.options.detect and self.detector is None:
             self.detector = SegFaceFaceDetector(min_face_size=self.options.min_face_size, device="cpu")
         try:
@@ -524,7 +531,7 @@ def predict(
         if options.num_workers and not source.stream_in_workers:
             raise SegFaceUsageError("a streamed dataset numbered by row needs --num-workers 0 (or an --id-column, "
                                     "whose shards the workers can split).")  # fmt: skip
-        make_items = lambda: (item for item in source.stream(processes) if item.source not in done)  # noqa: E731
+        make_items = lambda: source.stream(processes)  # noqa: E731  (finished inputs are counted as they come)
 
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
@@ -571,9 +578,12 @@ def predict(
 
     pending: list[tuple[SegFaceInput, PIL.Image.Image, SegFaceImagePlan]] = []
     try:
-        preparer = _Preparer(model, processor, options, framing, detector)
+        preparer = _Preparer(model, processor, options, framing, detector, done=done if source.items is None else set())
         prepared = prepared_inputs(make_items, preparer, options.num_workers, split_here=source.items is not None)
         for item, image, plan, error in prepared:
+            if error is SKIPPED:
+                skipped += 1
+                continue
             if error is not None:
                 fail(item, error)
                 continue
@@ -584,6 +594,8 @@ def predict(
         if pending:
             finish(pending)
         commit(writer.close())
+        if source.items is None:  # only this process knows how many of its share it skipped
+            shard.append_count("skipped", skipped)
     finally:
         shard.close()
     processes.wait_for_everyone()
@@ -596,6 +608,8 @@ def predict(
     starts = watch.offsets_at_start
     this_run = [entry for path in shard_paths(output_dir) for entry in read_shard(path, starts.get(path, 0))]
     records = source.failures + [record for _, record in sorted(this_run, key=lambda entry: entry[0])]
+    if source.items is None:
+        skipped = sum(read_counts(path, starts.get(path, 0)).get("skipped", 0) for path in shard_paths(output_dir))
     merged = previous_records(output_dir)
     for record in source.failures:
         merged[record["input"]] = record
