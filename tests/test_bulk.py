@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -88,6 +89,31 @@ def reference(tiny_model, images, tmp_path_factory):
 def test_processes_take_disjoint_shares_that_cover_everything():
     shares = [list(SegFaceProcesses(rank=rank, world_size=3).take(range(10))) for rank in range(3)]
     assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+def test_a_line_cut_short_by_a_kill_is_ignored(tmp_path):
+    from segface_hf.inference.bulk import SegFaceSummaryShard, previous_records
+
+    shard = SegFaceSummaryShard(tmp_path, rank=1)
+    shard.append({"input": "a", "status": "ok"})
+    shard.append({"input": "b", "status": "failed"})
+    shard.append({"input": "a", "status": "failed"})  # a later line about the same input wins
+    shard.close()
+    with open(tmp_path / "summary-shard-00001.jsonl", "ab") as stream:
+        stream.write(b'{"seq": 1, "record": {"input": "c", "sta')
+    assert previous_records(tmp_path) == {"a": {"input": "a", "status": "failed"},
+                                          "b": {"input": "b", "status": "failed"}}  # fmt: skip
+
+
+def test_processes_that_accelerate_does_not_join_are_refused(monkeypatch):
+    import accelerate
+
+    from segface_hf.inference.bulk import SegFaceLaunchError, current_processes
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: SimpleNamespace(num_processes=1))
+    with pytest.raises(SegFaceLaunchError, match="would parse every input in each"):
+        current_processes()
 
 
 def test_resume_skips_finished_inputs_and_merges_the_summary(tiny_model, images, tmp_path, capsys):

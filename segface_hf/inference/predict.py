@@ -4,6 +4,10 @@ For every input image it writes, into the output folder, a label PNG at the imag
 coloured overlay, one binary mask per class present and one label map per face; `summary.json` lists every input
 with its outcome, faces and class areas. An input that fails (missing, not an image, corrupt, no face found, ...) is
 reported in one line and counted; the others go on, and nothing partial is left for it.
+
+Running again into the same folder skips the inputs whose complete outputs exist and merges `summary.json`; under
+`accelerate launch` the inputs are split between the processes (`segface_hf.inference.bulk`); datasets can be read
+and written instead of files (`segface_hf.inference.dataset_io`). See docs/bulk-parsing.md.
 """
 
 from __future__ import annotations
