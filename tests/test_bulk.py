@@ -329,3 +329,21 @@ def test_dataloader_workers_decode_and_detect_like_the_process(tiny_model, tmp_p
     (maps0, faces0), (maps2, faces2) = results[0], results[2]
     assert faces0 == faces2 and all(len(faces) == 1 for _, faces in faces0)  # same order, same detections
     assert sorted(maps0) == sorted(maps2) and all(np.array_equal(maps0[name], maps2[name]) for name in maps0)
+
+
+def test_two_processes_write_one_dataset(tiny_model, images_as_dataset, reference, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "two-dataset"
+    done = _launch("--dataset", images_as_dataset / "photos.parquet", "--image-column", "photo", "--model", tiny_model,
+                   "--output-dir", out, "--no-detect", "--output-format", "dataset", "--shard-rows", "5")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert counts(done.stdout) == (NUM_IMAGES, 0, 0)
+    shards = sorted(path.name for path in (out / "data").iterdir())
+    assert {name.split("-")[1] for name in shards} == {"00000", "00001"}  # each process wrote its own shards
+    _, expected = reference
+    parses = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(parses["image_id"]) == sorted(name[: -len(".png")] for name in expected)  # each input once
+    for row in parses:
+        assert np.array_equal(np.asarray(row["labels"]), expected[row["image_id"] + ".png"]), row["image_id"]
+    no_leftovers(out)
