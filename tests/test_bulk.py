@@ -347,3 +347,17 @@ def test_two_processes_write_one_dataset(tiny_model, images_as_dataset, referenc
     for row in parses:
         assert np.array_equal(np.asarray(row["labels"]), expected[row["image_id"] + ".png"]), row["image_id"]
     no_leftovers(out)
+
+
+def test_a_stream_numbered_by_row_refuses_workers(tiny_model, images_as_dataset, tmp_path, capsys):
+    import datasets
+
+    saved = tmp_path / "no-ids"
+    datasets.load_from_disk(str(images_as_dataset / "saved")).remove_columns("image_id").save_to_disk(str(saved))
+    code, _, stderr = run(capsys, "--dataset", saved, "--streaming", "--image-column", "photo", "--model", tiny_model,
+                          "--output-dir", tmp_path / "out", "--no-detect", "--num-workers", "2")  # fmt: skip
+    assert code == 2 and "needs --num-workers 0" in stderr
+    code, stdout, stderr = run(capsys, "--dataset", saved, "--streaming", "--image-column", "photo", "--model",
+                               tiny_model, "--output-dir", tmp_path / "out", "--no-detect")  # fmt: skip
+    assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
+    assert (tmp_path / "out" / "00000023.png").is_file()  # named by row number

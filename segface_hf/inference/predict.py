@@ -502,6 +502,9 @@ def predict(
     else:
         items, missing = collect_inputs(inputs)
         source = SegFaceInputSource(items=items, failures=missing)
+    if source.items is None and options.num_workers and not source.stream_in_workers:
+        raise SegFaceUsageError("a streamed dataset numbered by row needs --num-workers 0 (or an --id-column, whose "
+                                "shards the workers can split).")  # fmt: skip
     config = model.config
     writer_class = SegFaceFileWriter
     if options.output_format == "dataset":
@@ -532,9 +535,6 @@ def predict(
         mine = list(processes.take(todo))
         make_items = lambda: iter(mine)  # noqa: E731
     else:
-        if options.num_workers and not source.stream_in_workers:
-            raise SegFaceUsageError("a streamed dataset numbered by row needs --num-workers 0 (or an --id-column, "
-                                    "whose shards the workers can split).")  # fmt: skip
         make_items = lambda: source.stream(processes)  # noqa: E731  (finished inputs are counted as they come)
 
     framing = framing_for(config) if options.framing == "auto" else options.framing
