@@ -361,3 +361,20 @@ def test_a_stream_numbered_by_row_refuses_workers(tiny_model, images_as_dataset,
                                tiny_model, "--output-dir", tmp_path / "out", "--no-detect")  # fmt: skip
     assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
     assert (tmp_path / "out" / "00000023.png").is_file()  # named by row number
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_dataset_is_parsed(tiny_model, images_as_dataset, reference, hub_standin, streaming, tmp_path, capsys):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo("standin-user/photos", repo_type="dataset", private=True, exist_ok=True)
+    api.upload_file(path_or_fileobj=str(images_as_dataset / "photos.parquet"), path_in_repo="data/train-0.parquet",
+                    repo_id="standin-user/photos", repo_type="dataset")  # fmt: skip
+    out = tmp_path / "from-hub"
+    code, stdout, stderr = run(capsys, "--dataset", "standin-user/photos", "--image-column", "photo", "--model",
+                               tiny_model, "--output-dir", out, "--no-detect", *(["--streaming"] * streaming))  # fmt: skip
+    assert code == 0 and counts(stdout) == (NUM_IMAGES, 0, 0), stderr
+    _, expected = reference
+    parsed = label_maps(out)
+    assert sorted(parsed) == sorted(expected) and all(np.array_equal(expected[n], parsed[n]) for n in expected)
