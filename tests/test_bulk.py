@@ -379,3 +379,16 @@ def test_a_hub_dataset_is_parsed(tiny_model, images_as_dataset, reference, hub_s
     _, expected = reference
     parsed = label_maps(out)
     assert sorted(parsed) == sorted(expected) and all(np.array_equal(expected[n], parsed[n]) for n in expected)
+
+
+def test_dataset_ids_become_safe_distinct_output_names(tmp_path):
+    import datasets
+
+    from segface_hf.inference.dataset_io import dataset_source
+
+    ids = ["a b", "a_b", "../up", "/abs/x", "A_B"]
+    path = tmp_path / "ids.parquet"
+    datasets.Dataset.from_dict({"id": ids, "image": [b"x"] * len(ids)}).to_parquet(str(path))
+    source = dataset_source(str(path))
+    assert [item.key for item in source.items] == ids
+    assert [item.name for item in source.items] == ["a_b", "a_b-2", "up", "abs/x", "A_B-3"]

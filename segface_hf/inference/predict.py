@@ -148,6 +148,16 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`, ... if an earlier input took it (compared case-insensitively, as file systems
+    may); the result is added to `taken`."""
+    unique, counter = name, 2
+    while unique.lower() in taken:  # two inputs with the same name (e.g. a/x.jpg and b/x.png) get x, x-2, ...
+        unique, counter = f"{name}-{counter}", counter + 1
+    taken.add(unique.lower())
+    return unique
+
+
 def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]]:
     """Expand files, folders (recursively, image extensions only) and glob patterns into a list of images.
 
@@ -165,11 +175,7 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]
         if key in seen:
             return
         seen.add(key)
-        unique, counter = name, 2
-        while unique.lower() in names:  # two inputs with the same name (e.g. a/x.jpg and b/x.png) get x, x-2, ...
-            unique, counter = f"{name}-{counter}", counter + 1
-        names.add(unique.lower())
-        inputs.append(SegFaceInput(path=path, name=unique))
+        inputs.append(SegFaceInput(path=path, name=unique_name(name, names)))
 
     def add_folder(folder: Path, spec: str) -> None:
         found = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_name(p))
@@ -641,4 +647,5 @@ __all__ = [
     "predict",
     "prepared_inputs",
     "summary_dict",
+    "unique_name",
 ]
