@@ -65,6 +65,10 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
     )
+    parser.add_argument("--rotations", default="auto", choices=["auto", "always", "never"],
+                        help="search for rotated faces: auto (only when the upright pass finds none or finds rolled "
+                        "faces; fast on upright photos), always (every photo turned in 45-degree steps), never "
+                        "(default: auto)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_predict)
 
@@ -75,7 +79,7 @@ def _run_predict(args) -> int:
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
                                     if_no_face=args.if_no_face, alpha=args.alpha,
-                                    min_face_size=args.min_face_size)  # fmt: skip
+                                    min_face_size=args.min_face_size, rotations=args.rotations)  # fmt: skip
     options.check()
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import SegFaceError
 from .faces import (
     FRAMINGS,
+    ROTATIONS,
     SegFaceFaceDetector,
     SegFaceImagePlan,
     SegFaceParsingResult,
@@ -216,6 +217,7 @@ def _record(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingRe
         "height": image.height,
         "mode": result.mode,
         "faces": faces,
+        "dropped_faces": [face.to_dict() for face in result.dropped],
         "outputs": outputs,
         "class_fractions": {name: round(a["fraction"], 6) for name, a in areas.items() if a["pixels"]},
     }
@@ -239,6 +241,8 @@ class SegFacePredictOptions:
         if_no_face (`str`, *optional*, defaults to `"error"`): `error` fails the input, `whole-image` parses it whole.
         alpha (`float`, *optional*, defaults to 0.5): overlay opacity.
         min_face_size (`int`, *optional*, defaults to 20): the detector's smallest face, in pixels.
+        rotations (`str`, *optional*, defaults to `"auto"`): the detector's search for rotated faces (`auto`,
+            `always`, `never`; see [`~segface_hf.inference.faces.SegFaceFaceDetector`]).
     """
 
     overlay: bool = False
@@ -250,6 +254,7 @@ class SegFacePredictOptions:
     if_no_face: str = "error"
     alpha: float = 0.5
     min_face_size: int = 20
+    rotations: str = "auto"
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -260,6 +265,8 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--framing must be auto or one of {', '.join(FRAMINGS)}, got {self.framing!r}.")
         if self.if_no_face not in ("error", "whole-image"):
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
+        if self.rotations not in ROTATIONS:
+            raise SegFaceUsageError(f"--rotations must be one of {', '.join(ROTATIONS)}, got {self.rotations!r}.")
 
 
 def check_model_location(model_name_or_path: str) -> str:
@@ -353,7 +360,8 @@ def predict(
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
     if options.detect and items:
-        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device)
+        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device,
+                                       rotations=options.rotations)  # fmt: skip
     if options.overlay:
         legend(config.id2label).save(output_dir / LEGEND_NAME)
 
