@@ -587,7 +587,7 @@ def helen_quad(landmarks) -> np.ndarray:
 def lapa_quad(landmarks, model_size: int) -> np.ndarray:
     """The crop handed to a LaPa model: a square `LAPA_CONTEXT` times the side of the model's aligned face frame
     (the 5-point template at `model_size`), centred on that frame and turned with it."""
-    from ..modeling_segface import face_alignment_matrix
+    from ..face_warp import face_alignment_matrix
 
     points = _check_landmarks(landmarks)
     matrix = face_alignment_matrix(torch.tensor(points[None], dtype=torch.float64), (model_size, model_size))[0].numpy()
@@ -748,9 +748,9 @@ def face_crops(image, detections: Sequence[SegFaceFaceDetection], framing: str,
 def template_landmarks(width: int, height: int, model_size: int) -> np.ndarray:
     """The 5 landmarks at which a LaPa model's alignment is the identity, in the pixels of a `width` x `height`
     image that the processor resizes to `model_size` (i.e. for an image that is already an aligned face)."""
-    from ..modeling_segface import _FACE_TEMPLATE_512
+    from ..face_warp import face_template
 
-    template = np.asarray(_FACE_TEMPLATE_512, dtype=np.float64).reshape(5, 2) * (model_size - 1) / 512.0
+    template = face_template((model_size, model_size), torch.float64).numpy()
     return template * np.array([width / model_size, height / model_size])
 
 
