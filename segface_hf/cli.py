@@ -67,6 +67,10 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
     )
+    parser.add_argument("--rotations", default="auto", choices=["auto", "always", "never"],
+                        help="search for rotated faces: auto (only when the upright pass finds none or finds rolled "
+                        "faces; fast on upright photos), always (every photo turned in 45-degree steps), never "
+                        "(default: auto)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true",
                         help="parse every input again (default: skip the inputs whose complete outputs exist)")  # fmt: skip
     parser.add_argument("--num-workers", type=int, default=0,
@@ -101,7 +105,7 @@ def _run_predict(args) -> int:
                                     if_no_face=args.if_no_face, alpha=args.alpha,
                                     min_face_size=args.min_face_size, overwrite=args.overwrite,
                                     num_workers=args.num_workers, output_format=args.output_format,
-                                    shard_rows=args.shard_rows)  # fmt: skip
+                                    shard_rows=args.shard_rows, rotations=args.rotations)  # fmt: skip
     options.check()
     if bool(args.inputs) == bool(args.dataset):
         raise ValueError("give either INPUT files, folders or patterns, or --dataset, not both."

@@ -160,6 +160,16 @@ def test_two_faces(client):
     assert (labels[:, 460:645] == 0).all()  # between the two crops: background
 
 
+def test_a_sideways_face_shows_its_roll(client, tmp_path):
+    path = tmp_path / "sideways.png"
+    PIL.Image.open(EXAMPLES_DIR / "grace_hopper.jpg").transpose(PIL.Image.Transpose.ROTATE_90).save(path)
+    result = _parse(client, path)
+    _check_result(result, path, 1)
+    summary = result[6]
+    roll = int(summary.split("Face 1 is rolled by ")[1].split("°")[0])
+    assert abs(roll + 90) < 15 and "(found turned-270)" in summary
+
+
 def test_no_face(client, tmp_path):
     from gradio_client.exceptions import AppError
 

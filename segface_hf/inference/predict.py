@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..errors import SegFaceError, error_summary
 from .faces import (
     FRAMINGS,
+    ROTATIONS,
     SegFaceFaceDetector,
     SegFaceImagePlan,
     SegFaceParsingResult,
@@ -284,6 +285,7 @@ def _record(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingRe
         "height": image.height,
         "mode": result.mode,
         "faces": faces,
+        "dropped_faces": [face.to_dict() for face in result.dropped],
         "outputs": outputs,
         "class_fractions": {name: round(a["fraction"], 6) for name, a in areas.items() if a["pixels"]},
     }
@@ -307,6 +309,8 @@ class SegFacePredictOptions:
         if_no_face (`str`, *optional*, defaults to `"error"`): `error` fails the input, `whole-image` parses it whole.
         alpha (`float`, *optional*, defaults to 0.5): overlay opacity.
         min_face_size (`int`, *optional*, defaults to 20): the detector's smallest face, in pixels.
+        rotations (`str`, *optional*, defaults to `"auto"`): the detector's search for rotated faces (`auto`,
+            `always`, `never`; see [`~segface_hf.inference.faces.SegFaceFaceDetector`]).
         overwrite (`bool`, *optional*, defaults to `False`): parse every input again; by default inputs whose
             complete outputs exist (from an earlier, possibly interrupted run) are skipped.
         output_format (`str`, *optional*, defaults to `"files"`): `files` (PNGs) or `dataset` (parquet shards that
@@ -325,6 +329,7 @@ class SegFacePredictOptions:
     if_no_face: str = "error"
     alpha: float = 0.5
     min_face_size: int = 20
+    rotations: str = "auto"
     overwrite: bool = False
     output_format: str = "files"
     num_workers: int = 0
@@ -349,6 +354,8 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--framing must be auto or one of {', '.join(FRAMINGS)}, got {self.framing!r}.")
         if self.if_no_face not in ("error", "whole-image"):
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
+        if self.rotations not in ROTATIONS:
+            raise SegFaceUsageError(f"--rotations must be one of {', '.join(ROTATIONS)}, got {self.rotations!r}.")
 
 
 class SegFaceFileWriter:
@@ -416,7 +423,8 @@ class _Preparer:
         if item.source in self.done:
             return item, None, None, SKIPPED
         if self.options.detect and self.detector is None:
-            self.detector = SegFaceFaceDetector(min_face_size=self.options.min_face_size, device="cpu")
+            self.detector = SegFaceFaceDetector(min_face_size=self.options.min_face_size, device="cpu",
+                                                rotations=self.options.rotations)  # fmt: skip
         try:
             image = item.load()
             plan = plan_image(image, self.model, self.processor, detector=self.detector, detect=self.options.detect,
@@ -546,7 +554,8 @@ def predict(
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
     if options.detect and options.num_workers == 0:
-        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device)
+        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device,
+                                       rotations=options.rotations)  # fmt: skip
     writer = writer_class(output_dir, config, options, split=source.split, rank=processes.rank)
     shard = SegFaceSummaryShard(output_dir, processes.rank)
     records: list[dict] = []
