@@ -27,12 +27,12 @@ class SegFaceSceneCutDetector:
     colour histograms, averaged over the channels: 0 for the same colours, 1 for disjoint ones) above a threshold.
 
     Args:
-        threshold (`float`, *optional*, defaults to 0.35):
+        threshold (`float`, *optional*, defaults to 0.3):
             Distance above which a frame starts a new scene. Camera motion over one scene stays well below it; a cut
             to another shot usually scores 0.4 to 0.9.
     """
 
-    def __init__(self, threshold: float = 0.35):
+    def __init__(self, threshold: float = 0.3):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"the scene-cut threshold must lie in (0, 1], got {threshold}.")
         self.threshold = float(threshold)

@@ -110,14 +110,15 @@ class SegFaceProbabilityAverage:
 
     def __call__(self, logits):
         """Average the probabilities of `(num_labels, h, w)` logits with the past; returns log-probabilities (which
-        the paste-back's softmax turns back into the averaged probabilities)."""
+        the paste-back's softmax turns back into the averaged probabilities), or the logits themselves on a track's
+        first frame."""
         import torch
 
         probabilities = torch.softmax(logits.float(), dim=0)
         if self._average is None or self._average.shape != probabilities.shape or self.momentum == 0.0:
             self._average = probabilities
-        else:
-            self._average = self.momentum * self._average + (1.0 - self.momentum) * probabilities
+            return logits  # nothing to average with yet: the frame's own parse, exactly
+        self._average = self.momentum * self._average + (1.0 - self.momentum) * probabilities
         return torch.log(self._average.clamp_min(1e-12))
 
 

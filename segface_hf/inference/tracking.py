@@ -12,6 +12,7 @@ needs no solver), and they would add OpenCV and other dependencies for a few doz
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -36,7 +37,8 @@ class SegFaceTrack:
         track_id (`int`): its identity (unique within a video, never reused, also not after a cut).
         detection ([`SegFaceFaceDetection`]): its latest detection (raw, unfiltered).
         time (`float`): when it was last detected (seconds).
-        velocity (`np.ndarray` of shape `(7, 2)`): landmarks and box corners per second.
+        velocity (`np.ndarray` of shape `(2,)`): the face's motion in pixels per second (the mean of its landmarks':
+            one translation for the whole face, so that a partly hidden last detection cannot distort the prediction).
         missed (`int`): consecutive detection frames without a match.
         hits (`int`): frames with a match.
     """
@@ -48,13 +50,10 @@ class SegFaceTrack:
     missed: int = 0
     hits: int = 1
 
-    def points(self) -> np.ndarray:
-        return np.vstack([self.detection.landmarks, self.detection.box.reshape(2, 2)])
-
     def predicted(self, time: float) -> SegFaceFaceDetection:
         """Where this face should be at `time`, moving on at its velocity."""
-        points = self.points() + self.velocity * (time - self.time)
-        return replace(self.detection, landmarks=points[:5], box=points[5:].reshape(4))
+        shift = self.velocity * (time - self.time)
+        return replace(self.detection, landmarks=self.detection.landmarks + shift, box=self.detection.box + np.tile(shift, 2))
 
 
 class SegFaceFaceTracker:
@@ -62,16 +61,16 @@ class SegFaceFaceTracker:
     Gives detected faces identities that persist across frames.
 
     Args:
-        max_missed (`int`, *optional*, defaults to 8):
+        max_missed (`int`, *optional*, defaults to 25):
             Detection rounds a track may go unmatched (occluded, missed) before it ends.
         max_distance (`float`, *optional*, defaults to 0.8):
             Largest mean landmark distance between a track's prediction and a detection, in face sizes (see
-            [`face_scale`]), for them to match.
+            [`face_scale`]), for them to match; for a track unseen for `n` rounds, `sqrt(1 + n)` times as much.
         velocity_momentum (`float`, *optional*, defaults to 0.5):
             How much of the previous velocity estimate is kept at each match (the rest is the latest motion).
     """
 
-    def __init__(self, max_missed: int = 8, max_distance: float = 0.8, velocity_momentum: float = 0.5):
+    def __init__(self, max_missed: int = 25, max_distance: float = 0.8, velocity_momentum: float = 0.5):
         if max_missed < 0 or max_distance <= 0 or not 0 <= velocity_momentum < 1:
             raise ValueError(
                 f"tracker options out of range: max_missed={max_missed} (>= 0), max_distance={max_distance} (> 0), "
@@ -107,8 +106,9 @@ class SegFaceFaceTracker:
         matched_tracks: set[int] = set()
         matched_detections: set[int] = set()
         for cost, t, d in pairs:
-            if cost > self.max_distance:
-                break
+            # A coasting track's prediction grows less certain the longer it goes unseen: its gate widens.
+            if cost > self.max_distance * math.sqrt(1 + self.tracks[t].missed):
+                continue
             if t in matched_tracks or d in matched_detections:
                 continue
             matched_tracks.add(t)
@@ -120,15 +120,14 @@ class SegFaceFaceTracker:
         self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
         for d, detection in enumerate(detections):
             if d not in matched_detections:
-                self.tracks.append(SegFaceTrack(self._next_id, detection, time, np.zeros((7, 2))))
+                self.tracks.append(SegFaceTrack(self._next_id, detection, time, np.zeros(2)))
                 self._next_id += 1
         return [(track, track.missed == 0) for track in sorted(self.tracks, key=lambda track: track.track_id)]
 
     def _advance(self, track: SegFaceTrack, detection: SegFaceFaceDetection, time: float) -> None:
         elapsed = time - track.time
         if elapsed > 0:
-            new_points = np.vstack([detection.landmarks, detection.box.reshape(2, 2)])
-            motion = (new_points - track.points()) / elapsed
+            motion = (detection.landmarks - track.detection.landmarks).mean(axis=0) / elapsed
             track.velocity = (
                 motion if track.hits == 1 else self.velocity_momentum * track.velocity
                 + (1 - self.velocity_momentum) * motion

@@ -72,8 +72,9 @@ class SegFaceVideoOptions:
         beta (`float`, *optional*, defaults to 1.0): One-Euro speed coefficient, per face size per second.
         label_smoothing (`float`, *optional*, defaults to 0.0): momentum of the class-probability average along a
             track (0 = off; 0.5 halves the weight of each older frame).
-        cut_threshold (`float`, *optional*, defaults to 0.35): histogram distance that counts as a scene cut.
-        max_missed (`int`, *optional*, defaults to 8): detection rounds a track survives without a match.
+        cut_threshold (`float`, *optional*, defaults to 0.3): histogram distance that counts as a scene cut.
+        max_missed (`int`, *optional*, defaults to 25): detection rounds a track survives without a match (about a
+            second at 25 fps: a face hidden while another passes in front keeps its identity).
         min_face_size (`int`, *optional*, defaults to 20): the detector's smallest face, in pixels.
         max_pixels (`int`, *optional*, defaults to 3840 x 2160): larger frames are refused.
         fps (`float`, *optional*, defaults to 25.0): frame rate of frames given as an iterable (files carry theirs).
@@ -87,8 +88,8 @@ class SegFaceVideoOptions:
     min_cutoff: float = 1.0
     beta: float = 1.0
     label_smoothing: float = 0.0
-    cut_threshold: float = 0.35
-    max_missed: int = 8
+    cut_threshold: float = 0.3
+    max_missed: int = 25
     min_face_size: int = 20
     max_pixels: int = MAX_VIDEO_PIXELS
     fps: float = 25.0
