@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .commands import benchmark, build_dataset, evaluate, finetune, push, train
 from .configuration_segface import OFFICIAL_VARIANTS
+from .errors import SegFaceError, error_summary
 
 FRAMING_CHOICES = ("auto", "celebamask-hq", "helen", "lapa")
 
@@ -70,7 +72,8 @@ def _add_predict_parser(subparsers) -> None:
 
 
 def _run_predict(args) -> int:
-    from .inference.predict import SegFacePredictOptions, load_model, predict
+    from .inference.loading import load_model
+    from .inference.predict import SegFacePredictOptions, predict
 
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
@@ -137,8 +140,8 @@ def _run_export_onnx(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from .release.onnx_export import SegFaceOnnxError, _require_onnx, export_onnx
-    from .inference.predict import check_model_location, load_segface_model
+    from .release.onnx_export import SegFaceOnnxError, require_onnx, export_onnx
+    from .inference.loading import check_model_location, load_segface_model
 
     # Everything that can be checked without the model fails here, before a possibly long load or download.
     image_size = None
@@ -155,7 +158,7 @@ def _run_export_onnx(args) -> int:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it.")
     check_model_location(args.model)
     try:
-        _require_onnx()
+        require_onnx()
     except SegFaceOnnxError as error:
         raise ImportError(str(error)) from error
     if args.quiet:
@@ -182,6 +185,12 @@ def _run_export_onnx(args) -> int:
     return 0
 
 
+# Subcommands whose options live in their own module (configure + run).
+MODULE_COMMANDS = {"build-dataset": build_dataset, "evaluate": evaluate, "push": push, "benchmark": benchmark}
+# Subcommands that parse their own arguments with transformers.HfArgumentParser (run_argv).
+PASSTHROUGH_COMMANDS = {"train": train, "finetune": finetune}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segface", description="SegFace face parsing.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -189,16 +198,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(subparsers)
     _add_download_parser(subparsers)
     _add_export_onnx_parser(subparsers)
+    for name, module in MODULE_COMMANDS.items():
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__.split("\n\n")[0],
+                                    epilog=module.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        module.configure(sub)
+        sub.set_defaults(handler=module.run, parser=sub)
+    for name, module in PASSTHROUGH_COMMANDS.items():
+        sub = subparsers.add_parser(name, help=module.HELP, add_help=False)
+        sub.set_defaults(handler=None, passthrough=module)
     return parser
 
 
+# What a command may raise for bad input: reported in one line, exit status 2.
+USAGE_ERRORS = (SegFaceError, ValueError, FileExistsError, FileNotFoundError, ImportError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    passthrough = getattr(args, "passthrough", None)
+    if extra and passthrough is None:
+        parser.parse_args(argv)  # reports the unknown arguments the usual way and exits 2
     try:
+        if passthrough is not None:
+            return passthrough.run_argv(argv[argv.index(args.command) + 1 :], prog=f"segface {args.command}")
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"segface {args.command}: error: {message}", file=sys.stderr)
+    except USAGE_ERRORS as error:
+        print(f"segface {args.command}: error: {error_summary(error)}", file=sys.stderr)
         return 2
 
 

@@ -21,6 +21,9 @@ class SegFaceImageError(SegFaceError, ValueError):
     """An input that cannot be read or interpreted as an image, label map or landmark set."""
 
 
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+
+
 def _describe(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"input of type {type(source).__name__}"
 
@@ -72,9 +75,12 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def to_rgb(image) -> PIL.Image.Image:
     """Any supported image (path, PIL in any mode, HWC/CHW numpy or torch array) as an 8-bit RGB PIL image.
 
+    An RGB PIL image without a pending EXIF rotation is returned as it is (so converting twice costs nothing).
     Grayscale is replicated to three channels, palette images are expanded, alpha is dropped (as the original's
     OpenCV reader does), CMYK is converted, and 16-bit data is scaled to 8 bits.
     """
+    if isinstance(image, PIL.Image.Image) and image.mode == "RGB" and image.getexif().get(_ORIENTATION, 1) == 1:
+        return image  # already converted: passed on as it is, not copied
     if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
         image = load_image(image)
         if image.mode in ("RGB",):

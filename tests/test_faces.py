@@ -25,7 +25,7 @@ from segface_hf.inference.faces import (
     parse_faces,
     paste_faces,
 )
-from segface_hf.modeling_segface import _FACE_TEMPLATE_512
+from segface_hf.face_warp import FACE_TEMPLATE_512
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_helen_crop_matches_68_point_annotations():
 
 def test_lapa_crop_puts_the_template_face_at_the_frame_centre():
     size = 64
-    template = np.asarray(_FACE_TEMPLATE_512).reshape(5, 2) * (size - 1) / 512
+    template = np.asarray(FACE_TEMPLATE_512).reshape(5, 2) * (size - 1) / 512
     landmarks = template * 1.7 + [300.0, 200.0]
     detection = SegFaceFaceDetection(box=np.array([0, 0, 1, 1.0]), landmarks=landmarks, score=1.0)
     crop = face_crops(PIL.Image.new("RGB", (700, 500)), [detection], "lapa", (size, size))[0]

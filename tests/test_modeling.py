@@ -10,7 +10,8 @@ import torch
 from conftest import BACKBONE_FAMILIES, tiny_config
 
 from segface_hf import SegFaceConfig, SegFaceForSemanticSegmentation
-from segface_hf.modeling_segface import face_alignment_matrix, face_unwarp_grid, face_warp_grid, segface_loss
+from segface_hf.face_warp import face_alignment_matrix, face_unwarp_grid, face_warp_grid
+from segface_hf.modeling_segface import segface_loss
 
 
 def build(family="timm-mobilenet", seed=0, **overrides):
@@ -167,6 +168,25 @@ def test_ignored_pixels_do_not_contribute():
 def _template(size: int) -> torch.Tensor:
     points = torch.tensor([[196.0, 226.0], [316.0, 226.0], [256.0, 286.0], [220.0, 360.4], [292.0, 360.4]])
     return (points / 256.0 - 1.0 + 1) * (size - 1) / 2.0
+
+
+@pytest.mark.parametrize("size", [(512, 512), (224, 224), (96, 80)])
+def test_face_template_is_the_originals_template_formula(size):
+    from segface_hf.face_warp import FACE_TEMPLATE_512, face_template
+
+    # The original (design spec 1.10, `_standard_face_pts` and its use): these 512-canvas pixels, mapped p / 256 - 1
+    # into [-1, 1], then (p_norm * face_scale 1.0 + 1) * [(w - 1), (h - 1)] / 2, computed here in float64.
+    original = [(196.0, 226.0), (316.0, 226.0), (256.0, 286.0), (220.0, 360.4), (292.0, 360.4)]
+    assert [tuple(p) for p in FACE_TEMPLATE_512] == original
+    height, width = size
+    expected = [((x / 256 - 1) * 1.0 + 1) * (width - 1) / 2 for x, _ in original]
+    expected_y = [((y / 256 - 1) * 1.0 + 1) * (height - 1) / 2 for _, y in original]
+    template = face_template(size, torch.float64)
+    np.testing.assert_allclose(template[:, 0].numpy(), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(template[:, 1].numpy(), expected_y, rtol=0, atol=1e-4)
+    if size == (512, 512):  # the spec's worked value for the first point
+        assert math.isclose(template[0, 0].item(), 195.62, abs_tol=0.005)
+        assert math.isclose(template[0, 1].item(), 225.56, abs_tol=0.005)
 
 
 def test_alignment_of_template_points_is_identity_and_grids_span_the_documented_range():

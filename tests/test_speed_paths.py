@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import BACKBONE_FAMILIES, parity_module, require_shared, scaled_model, tiny_config
 
-import segface_hf.modeling_segface as modeling
+import segface_hf.fast_path_segface as fast_path
+from segface_hf.face_warp import inverse_3x3
 from segface_hf import SegFaceForSemanticSegmentation
 
 
@@ -43,7 +44,7 @@ def test_fast_path_matches_reference_on_every_backbone_family(family):
 def test_cpu_blocks_of_any_size_give_the_same_logits(monkeypatch, chunk_tokens):
     # 96x64 inputs give a 24x16 token grid (384 tokens per image): 40 splits images into 2-row blocks, 800 groups
     # two images per block, 0 turns blocks off and 100000 covers the whole batch at once.
-    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(fast_path, "CPU_BLOCK_TOKENS", chunk_tokens)
     model = scaled_model("swin")
     pixel_values = torch.randn(3, 3, 96, 64)
     with torch.no_grad():
@@ -52,10 +53,9 @@ def test_cpu_blocks_of_any_size_give_the_same_logits(monkeypatch, chunk_tokens):
 
 
 def test_block_boundaries_cover_every_token_once():
-    tensor = torch.empty(0)
     cases = [(1, 128, 128), (3, 24, 16), (8, 7, 9), (2, 5, 1000)]
     for batch, height, width in cases:
-        chunks = modeling._cpu_row_chunks(tensor, batch, height, width)
+        chunks = fast_path.row_blocks(batch, height, width)
         covered = np.zeros((batch, height), dtype=int)
         for first, end, start, stop in chunks or [(0, batch, 0, height)]:
             covered[first:end, start:stop] += 1
@@ -64,7 +64,7 @@ def test_block_boundaries_cover_every_token_once():
 
 @pytest.mark.parametrize("family", ["swin", "timm-mobilenet"])
 def test_gradients_of_fast_path_match_reference(family, monkeypatch):
-    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", 100)  # exercise the blockwise path under autograd
+    monkeypatch.setattr(fast_path, "CPU_BLOCK_TOKENS", 100)  # exercise the blockwise path under autograd
     model = scaled_model(family)
     pixel_values = torch.randn(2, 3, 64, 64)
     weights = torch.randn(2, 5, 64, 64)  # a loss with well-conditioned gradients: a fixed linear functional
@@ -99,11 +99,13 @@ def test_blockwise_update_leaves_the_callers_tokens_alone():
     decoder = model.mask_decoder
     tokens = torch.randn(2, 256, 32)
     before = tokens.clone()
-    pe = model.positional_embedding.tokens(16, 16)
+    pe = model.positional_embedding(16, 16).flatten(2).transpose(1, 2)
     class_tokens = decoder.class_embeddings.weight.unsqueeze(0).expand(2, -1, -1)
     chunks = [(0, 1, 0, 100), (0, 1, 100, 256), (1, 2, 0, 256)]
     with torch.no_grad():
-        queries, keys = decoder.transformer(tokens, pe, class_tokens, chunks=chunks)
+        queries, keys = fast_path.two_way_transformer_blockwise(
+            decoder.transformer, tokens, pe, class_tokens, chunks, in_place=True
+        )
         reference_queries, reference_keys = decoder.transformer(tokens, pe, class_tokens)
     assert torch.equal(tokens, before)
     torch.testing.assert_close(keys, reference_keys, rtol=1e-4, atol=1e-5)
@@ -113,30 +115,40 @@ def test_blockwise_update_leaves_the_callers_tokens_alone():
 @pytest.mark.parametrize("chunk_tokens", [4096, 30])
 def test_fused_tokens_equal_the_reference_fusion_map(monkeypatch, chunk_tokens):
     # 30 tokens: one-row blocks of the 16x16 grid, each upsampling only the coarse rows it needs.
-    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(fast_path, "CPU_BLOCK_TOKENS", chunk_tokens)
     model = scaled_model("convnext")
     with torch.no_grad():
         features = model.backbone(torch.randn(2, 3, 64, 64))
-        tokens = model._fuse_features(features)
-        reference = model._fuse_features_reference(features)
+        tokens = fast_path.fuse_features(model.feature_projections, model.feature_fusion, features,
+                                         fast_path.row_blocks(2, 16, 16))  # fmt: skip
+        reference = model.fuse_features(features)
     assert tokens.shape == (2, 16 * 16, 32)
     torch.testing.assert_close(tokens, reference.flatten(2).transpose(1, 2), rtol=1e-4, atol=1e-5)
 
 
 def test_positional_encoding_tokens_are_the_map_in_row_major_order():
     model = scaled_model()
+    plan = fast_path.plan_fast_path(model, torch.empty(0))
     grid = model.positional_embedding(12, 20)
-    tokens = model.positional_embedding.tokens(12, 20)
+    tokens = fast_path.positional_tokens(model.positional_embedding, 12, 20, torch.float32, plan)
     assert grid.shape == (1, 32, 12, 20) and tokens.shape == (1, 240, 32)
     assert torch.equal(tokens, grid.flatten(2).transpose(1, 2))
-    assert model.positional_embedding.tokens(12, 20, torch.bfloat16).dtype == torch.bfloat16
+    again = fast_path.positional_tokens(model.positional_embedding, 12, 20, torch.float32, plan)
+    assert again is tokens  # cached while the matrix is unchanged
+    with torch.no_grad():
+        model.positional_embedding.positional_embedding.mul_(2)
+    changed = fast_path.positional_tokens(model.positional_embedding, 12, 20, torch.float32, plan)
+    assert torch.equal(changed, model.positional_embedding(12, 20).flatten(2).transpose(1, 2))
+    assert not torch.equal(changed, tokens)
+    bf16 = fast_path.positional_tokens(model.positional_embedding, 12, 20, torch.bfloat16, plan)
+    assert bf16.dtype == torch.bfloat16
 
 
 def test_closed_form_inverse_used_for_export_matches_linalg(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     matrices = torch.randn(16, 3, 3, generator=generator) + 3 * torch.eye(3)
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    torch.testing.assert_close(modeling._inverse_3x3(matrices), torch.linalg.inv(matrices), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(inverse_3x3(matrices), torch.linalg.inv(matrices), rtol=1e-5, atol=1e-5)
 
 
 def test_mobilenet_parity_fixture_on_both_paths():
@@ -171,7 +183,7 @@ def test_window_attention_by_batched_matmuls_equals_sdpa_with_the_combined_mask(
     mask = position_bias if shift_mask is None else position_bias + shift_mask.repeat(batch, 1, 1)[:, None]
     expected = torch.softmax(query @ key.transpose(-1, -2) * 0.3 + mask, dim=-1) @ value
     for batched_matmuls in (True, False):
-        attended = modeling._window_attention(query, key, value, position_bias, shift_mask, 0.3, batched_matmuls)
+        attended = fast_path.window_attention(query, key, value, position_bias, shift_mask, 0.3, batched_matmuls)
         assert attended.shape == expected.shape and attended.is_contiguous()
         torch.testing.assert_close(attended, expected, rtol=1e-5, atol=1e-5)
 
@@ -182,7 +194,7 @@ def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_s
     """Window sizes that do not divide the token grid: Swin pads it, and the fast blocks skip the padding's work."""
     from transformers import SwinConfig
 
-    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(fast_path, "CPU_BLOCK_TOKENS", chunk_tokens)
 
     backbone = SwinConfig(embed_dim=8, depths=[1, 2, 2, 1], num_heads=[1, 1, 2, 2], window_size=window_size,
                           image_size=size[0], out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
@@ -191,24 +203,27 @@ def test_swin_blocks_without_padding_work_equal_the_transformers_layers(window_s
     torch.manual_seed(0)
     model = SegFaceForSemanticSegmentation(config).eval()
     pixel_values = torch.randn(2, 3, *size)
+    plan = fast_path.plan_fast_path(model, pixel_values)
     with torch.no_grad():
-        fast = model.backbone(pixel_values, fast=True)
+        fast = fast_path.backbone_features(model.backbone, pixel_values, plan)
         reference = model.backbone(pixel_values)
-        again = model.backbone(pixel_values, fast=True)  # from the cached window indices
+        again = fast_path.backbone_features(model.backbone, pixel_values, plan)  # from the cached window indices
     for fast_map, reference_map, again_map in zip(fast, reference, again):
         assert fast_map.shape == reference_map.shape
         torch.testing.assert_close(fast_map, reference_map, rtol=1e-5, atol=1e-5)
         assert torch.equal(fast_map, again_map)
     model.train()  # training runs the transformers layers (drop path, gradient checkpointing)
+    training_plan = fast_path.plan_fast_path(model, pixel_values)
+    assert not training_plan.swin_windows
     with torch.no_grad():
-        trained = model.backbone(pixel_values, fast=True)
+        trained = fast_path.backbone_features(model.backbone, pixel_values, training_plan)
     assert [t.shape for t in trained] == [t.shape for t in reference]
 
 
 @pytest.mark.parametrize("chunk_tokens", [0, 100])
 def test_bfloat16_fast_path_matches_bfloat16_reference(monkeypatch, chunk_tokens):
     """bfloat16 as on a GPU (0 = the accelerator's unblocked path), here on the CPU: same dtype handling."""
-    monkeypatch.setattr(modeling, "_CPU_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(fast_path, "CPU_BLOCK_TOKENS", chunk_tokens)
     model = scaled_model("swin").to(torch.bfloat16)
     pixel_values = torch.randn(2, 3, 64, 64).bfloat16()
     with torch.no_grad():

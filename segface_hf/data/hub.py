@@ -7,7 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .writer import DATA_DIR, ID2LABEL_FILE, REPORT_FILE
+from .labels import ID2LABEL_FILE
+from .writer import DATA_DIR, REPORT_FILE
 
 # The report lists local paths and is for the person who built the copy; everything else is uploaded.
 NOT_UPLOADED = [REPORT_FILE]

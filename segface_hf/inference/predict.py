@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SegFaceError
+from ..errors import SegFaceError, error_summary
 from .faces import (
     FRAMINGS,
     SegFaceFaceDetector,
@@ -34,7 +34,7 @@ from .faces import (
     segment_crops,
 )
 from ..file_utils import atomic_write_text
-from ..image_io import SegFaceImageError, load_image, to_rgb
+from ..image_io import SegFaceImageError, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
@@ -262,54 +262,6 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
 
 
-def check_model_location(model_name_or_path: str) -> str:
-    """The path to load `model_name_or_path` from (`~` expanded); a one-line `SegFaceUsageError` when it names a
-    local path that is missing or a file. Hub ids pass unchecked."""
-    path = os.path.expanduser(model_name_or_path)
-    looks_like_a_path = os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~"))
-    if (looks_like_a_path or os.path.exists(path)) and not os.path.isdir(path):
-        reason = "it is a file, not a folder" if os.path.exists(path) else "no such folder"
-        raise SegFaceUsageError(f"cannot load the model {model_name_or_path!r}: {reason}.")
-    return path
-
-
-def load_segface_model(model_name_or_path: str, device: str = "cpu"):
-    """Load a SegFace model (a local folder or a Hub id) in eval mode on `device`; a one-line `SegFaceUsageError`
-    for an unusable device, a missing folder, a file, an unreachable id, a model of another type or weights that
-    cannot be read."""
-    from transformers import AutoConfig, AutoModelForSemanticSegmentation
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SegFaceUsageError("--device cuda was requested, but PyTorch sees no CUDA device here.")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise SegFaceUsageError(f"--device must be cpu or cuda, got {device!r}.")
-    path = check_model_location(model_name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SegFaceUsageError(f"cannot load the model {model_name_or_path!r}: {first_line}") from error
-    if config.model_type != "segface":
-        raise SegFaceUsageError(f"{model_name_or_path} is a {config.model_type!r} model, not a SegFace model.")
-    from safetensors import SafetensorError
-
-    try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(path, config=config)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SegFaceUsageError(f"cannot load the weights of {model_name_or_path!r}: {first_line}") from error
-    return model.to(device).eval()
-
-
-def load_model(model_name_or_path: str, device: str = "cpu"):
-    """Load a SegFace model and its image processor (a local folder or a Hub id) for inference on `device`."""
-    from transformers import AutoImageProcessor
-
-    model = load_segface_model(model_name_or_path, device)
-    processor = AutoImageProcessor.from_pretrained(os.path.expanduser(model_name_or_path))
-    return model, processor
-
-
 def predict(
     inputs: Sequence[str],
     model,
@@ -360,7 +312,7 @@ def predict(
     pending: list[tuple[SegFaceInput, PIL.Image.Image, SegFaceImagePlan]] = []
 
     def fail(item: SegFaceInput, error: BaseException) -> None:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = error_summary(error)
         message = message.replace(f"{item.path}: ", "")
         summary.records.append(_failure(item.path, message))
         report(f"failed: {item.path}: {message}")
@@ -388,7 +340,7 @@ def predict(
     bar = tqdm(items, desc="parsing", unit="image", disable=not progress, file=sys.stderr)
     for item in bar:
         try:
-            image = to_rgb(load_image(item.path))
+            image = to_rgb(item.path)
             plan = plan_image(image, model, processor, detector=detector, detect=options.detect, framing=framing,
                               if_no_face=options.if_no_face, name=str(item.path))  # fmt: skip
         except (

@@ -25,7 +25,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..configuration_segface import SegFaceConfig
-from .evaluation import batch_confusion_matrices
+from ..metrics import batch_confusion_matrices
 from ..image_processing_segface import SegFaceImageProcessor
 from ..metrics import flatten_scores, scores_from_confusion
 from ..modeling_segface import SegFaceForSemanticSegmentation
@@ -176,9 +176,9 @@ def _trainable_parameters(model, config) -> list[torch.nn.Parameter]:
     labels = torch.zeros(1, size, size, dtype=torch.long)
     kwargs = {}
     if config.use_face_warp:
-        from ..modeling_segface import _FACE_TEMPLATE_512
+        from ..face_warp import face_template
 
-        kwargs["landmarks"] = torch.tensor(_FACE_TEMPLATE_512).reshape(1, 5, 2) * size / 512
+        kwargs["landmarks"] = face_template((size, size))[None]
     was_training = model.training
     model.eval()  # eval mode: BatchNorm statistics must not see this input
     with torch.random.fork_rng(devices=[]):
