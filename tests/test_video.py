@@ -8,7 +8,9 @@ import fractions
 import itertools
 import json
 import math
+from pathlib import Path
 
+import av
 import numpy as np
 import PIL.Image
 import pytest
@@ -22,9 +24,9 @@ from segface_hf.inference.temporal_filters import SegFaceOneEuroFilter, local_po
 from segface_hf.inference.tracking import SegFaceFaceTracker
 from segface_hf.inference.video import SegFaceVideoOptions, SegFaceVideoOptionsError, parse_video
 from segface_hf.inference.video_io import SegFaceVideoError, probe_video, read_frames
+from segface_hf.inference.predict import SegFacePredictOptions, predict
 from segface_hf.inference.video_outputs import SegFaceVideoOutputOptions, predict_video
 
-av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'segface-hf[video]'")
 
 WIDTH, HEIGHT, FRAMES = 320, 240, 30
 BACKGROUND = (90, 110, 100)
@@ -351,3 +353,19 @@ def test_bad_videos_fail_in_one_line_and_leave_nothing(tmp_path, detector, tiny)
         assert _nothing_written(out), list(out.iterdir())
     with pytest.raises(SegFaceVideoError, match="no frames"):
         list(parse_video([], *tiny, detector=detector))
+
+
+def test_segface_predict_takes_videos_beside_images(tmp_path, tiny):
+    _write_clip(tmp_path / "clip.mp4", _clip_frames(count=5), audio=False)
+    _photo("grace_hopper.jpg").save(tmp_path / "photo.png")
+    (tmp_path / "broken.mov").write_bytes(b"\x00" * 100)
+    lines = []
+    summary = predict([str(tmp_path)], *tiny, tmp_path / "out", options=SegFacePredictOptions(video_labels="none"),
+                      progress=False, report=lines.append)  # fmt: skip
+    records = {Path(r["input"]).name: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"]}
+    assert records["clip.mp4"]["kind"] == "video" and records["clip.mp4"]["frames"] == 5
+    assert records["photo.png"]["status"] == "ok"
+    assert records["broken.mov"]["status"] == "failed" and "not a video file" in records["broken.mov"]["error"]
+    assert summary.failed == 1 and len(lines) == 1
+    assert (tmp_path / "out" / "clip_overlay.mp4").is_file() and (tmp_path / "out" / "clip_tracks.json").is_file()
+    assert not list((tmp_path / "out").glob(".segface-*"))  # no staging folder left

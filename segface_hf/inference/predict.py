@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ from .faces import (
     segment_crops,
 )
 from ..file_utils import atomic_write_text
+from .video import SegFaceVideoOptions, SegFaceVideoOptionsError
+from .video_io import VIDEO_EXTENSIONS, SegFaceVideoError, is_video_path
+from .video_outputs import LABEL_OUTPUTS, SegFaceVideoOutputOptions, predict_video
 from ..image_io import SegFaceImageError, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
@@ -84,7 +87,8 @@ class SegFacePredictSummary:
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """An image or a video file name (videos are parsed by [`predict_video`])."""
+    return (path.suffix.lower() in IMAGE_EXTENSIONS or is_video_path(path)) and not path.name.startswith(".")
 
 
 def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]]:
@@ -113,7 +117,8 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]
     def add_folder(folder: Path, spec: str) -> None:
         found = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_name(p))
         if not found:
-            failures.append(_failure(spec, f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
+            extensions = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            failures.append(_failure(spec, f"no images or videos in this folder (looked for {extensions})"))
         for path in found:
             add(path, path.relative_to(folder).with_suffix("").as_posix())
 
@@ -239,6 +244,10 @@ class SegFacePredictOptions:
         if_no_face (`str`, *optional*, defaults to `"error"`): `error` fails the input, `whole-image` parses it whole.
         alpha (`float`, *optional*, defaults to 0.5): overlay opacity.
         min_face_size (`int`, *optional*, defaults to 20): the detector's smallest face, in pixels.
+        video ([`SegFaceVideoOptions`], *optional*): tracking and smoothing for video inputs (its `batch_size`,
+            `framing` and `min_face_size` are taken from these options).
+        video_labels (`str`, *optional*, defaults to `"video"`): per video, a lossless label video (`video`), a
+            folder of label PNGs (`png`) or neither (`none`); the overlay video and tracks are always written.
     """
 
     overlay: bool = False
@@ -250,6 +259,11 @@ class SegFacePredictOptions:
     if_no_face: str = "error"
     alpha: float = 0.5
     min_face_size: int = 20
+    video: SegFaceVideoOptions = field(default_factory=SegFaceVideoOptions)
+    video_labels: str = "video"
+
+    def video_options(self) -> SegFaceVideoOptions:
+        return replace(self.video, batch_size=self.batch_size, framing=self.framing, min_face_size=self.min_face_size)
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -260,6 +274,12 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--framing must be auto or one of {', '.join(FRAMINGS)}, got {self.framing!r}.")
         if self.if_no_face not in ("error", "whole-image"):
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
+        if self.video_labels not in LABEL_OUTPUTS:
+            raise SegFaceUsageError(f"--video-labels must be one of {', '.join(LABEL_OUTPUTS)}, got {self.video_labels!r}.")
+        try:
+            self.video_options().check()
+        except SegFaceVideoOptionsError as error:
+            raise SegFaceUsageError(str(error)) from error
 
 
 def predict(
@@ -337,8 +357,22 @@ def predict(
                 fail(item, error)
             start += len(plan.crops)
 
-    bar = tqdm(items, desc="parsing", unit="image", disable=not progress, file=sys.stderr)
+    def parse_one_video(item: SegFaceInput) -> None:
+        if detector is None:
+            return fail(item, SegFaceUsageError("videos need face detection; drop --no-detect"))
+        try:
+            outputs = SegFaceVideoOutputOptions(overlay=True, labels=options.video_labels, alpha=options.alpha)
+            record = predict_video(item.path, item.name, model, processor, output_dir, options=options.video_options(),
+                                   outputs=outputs, detector=detector, progress=progress)  # fmt: skip
+        except (SegFaceVideoError, OSError, ValueError, RuntimeError, MemoryError) as error:
+            return fail(item, error)
+        summary.records.append(record)
+
+    bar = tqdm(items, desc="parsing", unit="file", disable=not progress, file=sys.stderr)
     for item in bar:
+        if is_video_path(item.path):
+            parse_one_video(item)
+            continue
         try:
             image = to_rgb(item.path)
             plan = plan_image(image, model, processor, detector=detector, detect=options.detect, framing=framing,
