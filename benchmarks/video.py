@@ -30,15 +30,49 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "images" / "grace_hopper.jpg"
 
 
+def offsets(count: int) -> list[tuple[int, int]]:
+    """Where the photo's top-left corner sits in each frame (whole pixels, so the motion can be undone exactly)."""
+    return [(120 + int(100 * np.sin(index / 15)), 60 + int(20 * np.cos(index / 20))) for index in range(count)]
+
+
 def clip_frames(count: int, size=(640, 480)) -> list[PIL.Image.Image]:
-    """A face drifting across a grey frame (one rendered frame, shifted: cheap to make, a new position every frame)."""
+    """A face drifting across a grey frame along `offsets`."""
     photo = PIL.Image.open(PHOTO).convert("RGB").resize((300, 352))
     frames = []
-    for index in range(count):
+    for offset in offsets(count):
         canvas = PIL.Image.new("RGB", size, (90, 110, 100))
-        canvas.paste(photo, (120 + int(100 * np.sin(index / 15)), 60 + int(20 * np.cos(index / 20))))
+        canvas.paste(photo, offset)
         frames.append(canvas)
     return frames
+
+
+def flicker(model_path: str | None, frames: int) -> dict:
+    """Share of the photo's pixels whose label changes between consecutive frames once the known motion is undone
+    (labels read in the photo's own coordinates), counted where either frame has a face class."""
+    from segface_hf.inference.faces import SegFaceFaceDetector
+    from segface_hf.inference.loading import load_model
+    from segface_hf.inference.video import SegFaceVideoOptions, parse_video
+
+    model, processor = load_model(model_path) if model_path else mobilenet()
+    detector = SegFaceFaceDetector()
+    images, places = clip_frames(frames), offsets(frames)
+    settings = {
+        "no stabiliser, no label smoothing": SegFaceVideoOptions(stabilize="none"),
+        "stabilised crops": SegFaceVideoOptions(),
+        "stabilised crops + label smoothing 0.5": SegFaceVideoOptions(label_smoothing=0.5),
+    }
+    shares = {}
+    for name, options in settings.items():
+        previous, changed, counted = None, 0, 0
+        for result, (x, y) in zip(parse_video(images, model, processor, options=options, detector=detector), places):
+            labels = result.label_map[y : y + 352, x : x + 300]
+            if previous is not None:
+                face = (labels > 0) | (previous > 0)
+                changed += int((labels != previous)[face].sum())
+                counted += int(face.sum())
+            previous = labels
+        shares[name] = changed / max(counted, 1)
+    return shares
 
 
 def write_clip(path: Path, count: int, size=(640, 480)) -> None:
@@ -109,6 +143,9 @@ def main() -> None:
     parser.add_argument("--memory-resolution-128", action="store_true",
                         help="measure memory with the model at 128 (same code path, much faster on a busy CPU)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--flicker-frames", type=int, default=0, help="also measure flicker on a clip this long")
+    parser.add_argument("--flicker-model", help="a trained SegFace folder for the flicker figure (default: random "
+                        "MobileNetV3 @512, which measures the crop's steadiness, not a trained parser's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,6 +158,11 @@ def main() -> None:
         print(f"| parse_video (batch {args.batch_size}) | {fps['video']:.2f} |")
         print(f"| detect + parse_faces per frame | {fps['photos']:.2f} |")
         print(f"| ratio | {fps['video'] / fps['photos']:.2f}x |")
+    if args.flicker_frames:
+        print(f"| flicker ({args.flicker_model or 'random MobileNetV3 @512'}, {args.flicker_frames} frames) | "
+              "labels changed between frames |\n|---|---|")
+        for name, share in flicker(args.flicker_model, args.flicker_frames).items():
+            print(f"| {name} | {share:.2%} |")
     with tempfile.TemporaryDirectory() as folder:
         rows = []
         for count in args.memory_frames:

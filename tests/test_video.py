@@ -4,7 +4,6 @@ written files, and bad input."""
 
 from __future__ import annotations
 
-import fractions
 import itertools
 import json
 import math
@@ -15,7 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import TINY_DECODER, require_shared, tiny_backbone_config
+from conftest import TINY_DECODER, require_shared, tiny_backbone_config, write_clip
 
 from segface_hf import SegFaceConfig, SegFaceForSemanticSegmentation, SegFaceImageProcessor
 from segface_hf.inference.faces import SegFaceFaceDetection, SegFaceFaceDetector, quad_for
@@ -238,6 +237,24 @@ def test_scene_cut_detector():
     assert [cuts(a), cuts(b), cuts(c), cuts(c)] == [False, False, True, False]
 
 
+def test_detection_every_k_frames_tracks_in_between(tiny):
+    calls = []
+
+    def detector(image):  # a face moving 4 px per frame, found wherever the detector runs
+        calls.append(len(calls))
+        return [_face(60 + 4 * 3 * (len(calls) - 1))]
+
+    frames = [PIL.Image.new("RGB", (200, 120), BACKGROUND)] * 9
+    options = SegFaceVideoOptions(detect_every=3, stabilize="none")
+    results = list(parse_video(frames, *tiny, options=options, detector=detector))
+    assert len(calls) == 3  # frames 0, 3 and 6
+    assert all(len(r.faces) == 1 and r.faces[0].track_id == 0 for r in results)
+    assert [r.faces[0].detected for r in results] == [True, False, False] * 3
+    # Between detections the track moves on at its velocity: 4 px per frame once it has one.
+    noses = [r.faces[0].landmarks[2][0] for r in results]
+    assert noses[3:] == pytest.approx([72, 76, 80, 84, 88, 92])
+
+
 def test_options_are_checked():
     with pytest.raises(SegFaceVideoOptionsError, match="--detect-every"):
         SegFaceVideoOptions(detect_every=0).check()
@@ -246,37 +263,6 @@ def test_options_are_checked():
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def _write_clip(path, frames, fps=25, audio=True, rotation=0, times_ms=None, faststart=False):
-    """Encode upright frames with PyAV (H.264, optional AAC tone, explicit millisecond time stamps); with a display
-    rotation they are stored turned back (clockwise), as a phone stores a video it shot sideways."""
-    frames = [image.rotate(-rotation, expand=True) for image in frames]
-    options = {"movflags": "faststart"} if faststart else {}
-    container = av.open(str(path), "w", options=options)
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
-    stream.codec_context.time_base = fractions.Fraction(1, 1000)
-    if rotation:
-        stream.set_display_rotation(rotation)
-    sound = container.add_stream("aac", rate=16000) if audio else None
-    if sound is not None:
-        sound.layout = "mono"
-    for index, image in enumerate(frames):
-        frame = av.VideoFrame.from_image(image)
-        frame.pts = times_ms[index] if times_ms else round(index * 1000 / fps)
-        frame.time_base = fractions.Fraction(1, 1000)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode())
-    if sound is not None:
-        samples = int(16000 * len(frames) / fps)
-        for start in range(0, samples, 1024):
-            tone = (0.3 * np.sin(np.arange(start, start + 1024) / 8.0)).astype(np.float32)[None]
-            chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = 16000, start
-            container.mux(sound.encode(chunk))
-        container.mux(sound.encode())
-    container.close()
 
 
 def _audio_packets(path):
@@ -293,7 +279,7 @@ def _clip_frames(count=12, size=(160, 120)):
 
 def test_overlay_round_trip_keeps_frames_rate_size_audio_and_rotation(tmp_path, detector, tiny):
     times = [0, 40, 120, 160, 240, 280, 360, 400, 480, 520, 600, 640]  # a variable frame rate
-    _write_clip(tmp_path / "clip.mp4", _clip_frames(size=(120, 160)), rotation=90, times_ms=times)
+    write_clip(tmp_path / "clip.mp4", _clip_frames(size=(120, 160)), rotation=90, times_ms=times)
     source = probe_video(tmp_path / "clip.mp4")
     assert (source.width, source.height, source.rotation) == (120, 160, 90)
     out = tmp_path / "out"
@@ -319,7 +305,7 @@ def test_overlay_round_trip_keeps_frames_rate_size_audio_and_rotation(tmp_path, 
 
 
 def test_label_pngs_instead_of_a_label_video(tmp_path, detector, tiny):
-    _write_clip(tmp_path / "clip.mp4", _clip_frames(count=6), audio=False)
+    write_clip(tmp_path / "clip.mp4", _clip_frames(count=6), audio=False)
     out = tmp_path / "out"
     out.mkdir()
     predict_video(tmp_path / "clip.mp4", "clip", *tiny, out, outputs=SegFaceVideoOutputOptions(labels="png"),
@@ -335,13 +321,18 @@ def test_bad_videos_fail_in_one_line_and_leave_nothing(tmp_path, detector, tiny)
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "text.mp4").write_text("not a video at all\n")
-    _write_clip(tmp_path / "whole.mp4", _clip_frames(count=20), audio=False, faststart=True)
+    write_clip(tmp_path / "whole.mp4", _clip_frames(count=20), audio=False, faststart=True)
     with av.open(str(tmp_path / "whole.mp4")) as container:  # where frame 12's data starts in the file
         position = [p.pos for p in container.demux(container.streams.video[0]) if p.size][12]
     data = (tmp_path / "whole.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[:position])  # the index survives, frames 12 on do not
+    with av.open(str(tmp_path / "empty.mkv"), "w") as container:  # a video stream without a single frame
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "gray"
+        container.start_encoding()
     cases = {
         "text.mp4": "not a video file",
+        "empty.mkv": "the video has no frames",
         "cut.mp4": r"breaks at frame 12\b",
         "whole.mp4": "exceed the limit",
     }
@@ -356,7 +347,7 @@ def test_bad_videos_fail_in_one_line_and_leave_nothing(tmp_path, detector, tiny)
 
 
 def test_segface_predict_takes_videos_beside_images(tmp_path, tiny):
-    _write_clip(tmp_path / "clip.mp4", _clip_frames(count=5), audio=False)
+    write_clip(tmp_path / "clip.mp4", _clip_frames(count=5), audio=False)
     _photo("grace_hopper.jpg").save(tmp_path / "photo.png")
     (tmp_path / "broken.mov").write_bytes(b"\x00" * 100)
     lines = []

@@ -85,6 +85,8 @@ def _open(path: str | os.PathLike):
         raise SegFaceVideoError(f"{path}: is a directory, not a video.")
     try:
         container = av.open(str(path))
+    except av.error.EOFError as error:  # a container that ends before its first frame
+        raise SegFaceVideoError(f"{path}: the video has no frames (the file ends before the first one).") from error
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise SegFaceVideoError(f"{path}: not a video file FFmpeg can read ({type(error).__name__}).") from error
     if not container.streams.video:
