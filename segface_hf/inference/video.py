@@ -316,8 +316,8 @@ def parse_video(path_or_frames, model, processor, options: SegFaceVideoOptions |
             if cut or position % options.detect_every == 0:
                 tracks = [(track, detected, track.detection)
                           for track, detected in tracker.update(detector(image), frame.time)]  # fmt: skip
-            else:  # between detections: every live track where its motion takes it
-                tracks = [(track, True, track.predicted(frame.time)) for track in tracker.tracks]
+            else:  # between detections: every track seen at the last detection, where its motion takes it
+                tracks = [(track, track.missed == 0, track.predicted(frame.time)) for track in tracker.tracks]
             live = {track.track_id for track in tracker.tracks}
             faces = []
             for track, present, detection in tracks:
