@@ -78,7 +78,7 @@ def flicker(model_path: str | None, frames: int) -> dict:
 def write_clip(path: Path, count: int, size=(640, 480)) -> None:
     import av
 
-    base = clip_frames(32, size)
+    base = [frame.resize(size) for frame in clip_frames(32)]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
@@ -125,12 +125,14 @@ def throughput(frames: int, repeats: int, batch_size: int) -> dict:
     return {name: frames / statistics.median(values) for name, values in times.items()}
 
 
-def peak_rss_child(path: str, tiny: bool) -> None:
+def peak_rss_child(path: str, tiny: bool, detect_every: int) -> None:
+    from segface_hf.inference.video import SegFaceVideoOptions
     from segface_hf.inference.video_outputs import predict_video
 
     model, processor = mobilenet(128 if tiny else 512)
     with tempfile.TemporaryDirectory() as out:
-        record = predict_video(path, "clip", model, processor, out, progress=False)
+        record = predict_video(path, "clip", model, processor, out, options=SegFaceVideoOptions(detect_every=detect_every),
+                               progress=False)  # fmt: skip
     print(json.dumps({"frames": record["frames"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--memory-frames", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--memory-resolution-128", action="store_true",
                         help="measure memory with the model at 128 (same code path, much faster on a busy CPU)")
+    parser.add_argument("--memory-size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--memory-detect-every", type=int, default=1, help="detector every k-th frame (memory runs)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--flicker-frames", type=int, default=0, help="also measure flicker on a clip this long")
     parser.add_argument("--flicker-model", help="a trained SegFace folder for the flicker figure (default: random "
@@ -149,7 +153,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return peak_rss_child(args.child, args.memory_resolution_128)
+        return peak_rss_child(args.child, args.memory_resolution_128, args.memory_detect_every)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     if not args.skip_throughput:
@@ -167,8 +171,9 @@ def main() -> None:
         rows = []
         for count in args.memory_frames:
             path = Path(folder) / f"clip{count}.mp4"
-            write_clip(path, count)
-            command = [sys.executable, __file__, "--child", str(path)]
+            write_clip(path, count, tuple(args.memory_size))
+            command = [sys.executable, __file__, "--child", str(path), "--memory-detect-every",
+                       str(args.memory_detect_every)]  # fmt: skip
             if args.memory_resolution_128:
                 command.append("--memory-resolution-128")
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
