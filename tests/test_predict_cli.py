@@ -167,7 +167,7 @@ def test_folder_without_images(tiny_model, good, tmp_path, capsys):
     bad.mkdir()
     (bad / "notes.txt").write_text("no pictures here")
     code, _, stderr = run(capsys, good, bad, "--model", tiny_model, "--output-dir", tmp_path / "out", "--no-detect")
-    _check_one_failure(code, stderr, tmp_path / "out", bad, "no images in this folder")
+    _check_one_failure(code, stderr, tmp_path / "out", bad, "no images or videos in this folder")
 
 
 def test_corrupt_image(tiny_model, good, tmp_path, capsys):
