@@ -105,6 +105,10 @@ class BenchmarkSettings:
             Whether to time the image processor on photos of `processor_input_size`.
         processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
             (height, width) of the synthetic photos given to the image processor.
+        detection (`bool`, *optional*, defaults to `False`):
+            Whether to time face detection (see [`time_face_detection`]).
+        detection_images (`str`, *optional*):
+            Folder with the shared photos the detection photos are made from (default: `../shared/images`).
         seed (`int`, *optional*, defaults to 0):
             Seed of random weights and inputs.
     """
@@ -126,12 +130,14 @@ class BenchmarkSettings:
     onnx: bool = False
     image_processor: bool = False
     processor_input_size: tuple[int, int] = (480, 640)
+    detection: bool = False
+    detection_images: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
         """Raise a one-line error for settings that cannot run on this machine."""
-        if not self.variants and not self.model_paths:
-            raise ValueError("nothing to measure: give at least one variant or model path.")
+        if not self.variants and not self.model_paths and not self.detection:
+            raise ValueError("nothing to measure: give at least one variant or model path, or time face detection.")
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown:
             raise ValueError(f"unknown dtype(s) {unknown}; choose from {sorted(DTYPES)}.")
@@ -222,6 +228,7 @@ class BenchmarkReport:
     settings: dict
     results: list[BenchmarkResult] = field(default_factory=list)
     image_processor: list[ProcessorResult] = field(default_factory=list)
+    detection: list[DetectionResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -611,6 +618,78 @@ def time_image_processor(
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Face detection
+
+
+@dataclass
+class DetectionResult:
+    """Seconds per call of one face detector on one photo."""
+
+    photo: str
+    implementation: str
+    faces: int
+    passes: str
+    median_s: float
+    min_s: float
+    max_s: float
+
+
+def detection_photos(images_dir: str | os.PathLike) -> dict[str, "PIL.Image.Image"]:
+    """The two detection benchmark photos, composed from the shared public-domain photos in `images_dir`: one
+    upright face in 640x480 (grace_hopper.jpg), and four faces in 1920x1080 (grace_hopper, astronaut, camera and the
+    astronaut mirrored, side by side)."""
+    import PIL.Image
+    import PIL.ImageOps
+
+    folder = Path(images_dir)
+    names = ("grace_hopper.jpg", "astronaut.png", "camera.png")
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the detection benchmark needs {', '.join(missing)} in {folder}.")
+    grace, astronaut, camera = (PIL.Image.open(folder / name).convert("RGB") for name in names)
+    one = PIL.Image.new("RGB", (640, 480), (128, 128, 128))
+    one.paste(grace.resize((410, 480), PIL.Image.LANCZOS), (115, 0))
+    four = PIL.Image.new("RGB", (1920, 1080), (128, 128, 128))
+    for index, photo in enumerate((grace, astronaut, camera, PIL.ImageOps.mirror(astronaut))):
+        scaled = photo.resize((480, round(photo.height * 480 / photo.width)), PIL.Image.LANCZOS)
+        four.paste(scaled, (480 * index, (1080 - scaled.height) // 2))
+    return {"1 face, upright, 640x480": one, "4 faces, upright, 1920x1080": four}
+
+
+def time_face_detection(images_dir: str | os.PathLike, warmup: int, repeats: int,
+                        on_step: Callable[[], None] | None = None) -> list[DetectionResult]:  # fmt: skip
+    """Time face detection on [`detection_photos`], interleaved: MTCNN alone (what `SegFaceFaceDetector` ran before
+    it searched rotated faces: one upright pass) and `SegFaceFaceDetector` with `rotations` never, auto and always."""
+    from facenet_pytorch import MTCNN
+
+    from segface_hf.inference.faces import SegFaceFaceDetector
+
+    mtcnn = MTCNN(min_face_size=20, thresholds=[0.6, 0.7, 0.7], keep_all=True, post_process=False)
+    detectors = {f"SegFaceFaceDetector rotations={mode}": SegFaceFaceDetector(rotations=mode)
+                 for mode in ("never", "auto", "always")}  # fmt: skip
+    results = []
+    for photo_name, photo in detection_photos(images_dir).items():
+
+        def alone(photo=photo):
+            with torch.inference_mode():
+                return mtcnn.detect(photo, landmarks=True)
+
+        functions = {"MTCNN alone, upright (before)": alone}
+        functions.update({name: (lambda d=d, p=photo: d.detect(p)) for name, d in detectors.items()})
+        timings = time_interleaved(functions, warmup, repeats, on_step=on_step)
+        boxes, scores, _ = alone()
+        found = {"MTCNN alone, upright (before)": (0 if boxes is None else int((scores >= 0.9).sum()), "upright")}
+        for name, detector in detectors.items():
+            detections = detector.detect(photo)
+            found[name] = (len(detections.faces), ", ".join(detections.passes))
+        for name, timing in timings.items():
+            results.append(DetectionResult(photo=photo_name, implementation=name, faces=found[name][0],
+                                           passes=found[name][1], median_s=timing.median, min_s=timing.minimum,
+                                           max_s=timing.maximum))  # fmt: skip
+    return results
+
+
 def _case_results(
     spec: ModelSpec,
     dtype_name: str,
@@ -743,6 +822,10 @@ def run_benchmarks(
                     settings.seed,
                 )
             )
+    if settings.detection:
+        progress("face detection")
+        images = settings.detection_images or Path(__file__).resolve().parents[1].parent / "shared" / "images"
+        report.detection = time_face_detection(images, settings.warmup, settings.repeats, on_step=on_step)
     if hasattr(os, "getloadavg"):
         report.environment["load_average_end"] = list(os.getloadavg())
     return report
@@ -804,6 +887,17 @@ def format_markdown(report: BenchmarkReport) -> str:
                 f"| resize to {p.resolution} | {p.input_size[0]}x{p.input_size[1]} RGB | {p.batch_size} | "
                 f"{_ms(p.median_s)} | {_ms(p.min_s)}–{_ms(p.max_s)} | {p.images_per_s:.1f} |"
             )
+    if report.detection:
+        lines += [
+            "",
+            "| face detection | photo | faces | passes | median ms | min–max ms | vs MTCNN alone |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        alone = {d.photo: d.median_s for d in report.detection if d.passes == "upright" and "alone" in d.implementation}
+        for d in report.detection:
+            ratio = f"{d.median_s / alone[d.photo]:.2f}x" if d.photo in alone else "—"
+            lines.append(f"| {d.implementation} | {d.photo} | {d.faces} | {d.passes} | {_ms(d.median_s)} | "
+                         f"{_ms(d.min_s)}–{_ms(d.max_s)} | {ratio} |")  # fmt: skip
     for note in report.skipped:
         lines.append(f"\nSkipped: {note}")
     return "\n".join(lines) + "\n"
@@ -814,6 +908,7 @@ __all__ = [
     "BenchmarkResult",
     "BenchmarkSettings",
     "OriginalSegFace",
+    "DetectionResult",
     "ProcessorResult",
     "SegFaceBenchmarkError",
     "TimingResult",
@@ -823,6 +918,8 @@ __all__ = [
     "format_markdown",
     "peak_memory_mib",
     "run_benchmarks",
+    "detection_photos",
+    "time_face_detection",
     "time_image_processor",
     "time_interleaved",
 ]

@@ -16,8 +16,10 @@ from benchmarks.harness import (
     BenchmarkReport,
     BenchmarkResult,
     BenchmarkSettings,
+    DetectionResult,
     SegFaceBenchmarkError,
     build_original,
+    detection_photos,
     format_markdown,
     peak_memory_mib,
     time_interleaved,
@@ -177,3 +179,24 @@ def test_markdown_reports_the_speedup_over_the_original():
     assert "| mobilenet_celeba_512 | 512 | segface-hf | cpu | float32 | eager | 1 | 100.0 | 100.0–100.0 | 10.00 | 12 | 4.00x |" in markdown
     assert "| original | cpu |" in markdown and "1.00x" in markdown
     assert "Test CPU (2 logical CPUs)" in markdown and "onnxruntime not installed" in markdown
+
+
+def test_detection_timing_photos_and_table():
+    from conftest import require_shared
+
+    photos = detection_photos(require_shared("images"))
+    assert [photo.size for photo in photos.values()] == [(640, 480), (1920, 1080)]
+    BenchmarkSettings(detection=True).validate()  # detection alone is something to measure
+
+    def row(implementation, passes, median):
+        return DetectionResult(photo="1 face, upright, 640x480", implementation=implementation, faces=1,
+                               passes=passes, median_s=median, min_s=median, max_s=median)  # fmt: skip
+
+    environment = {"cpu": "Test CPU", "logical_cpus": 2, "platform": "Linux", "python": "3.11", "torch": "2.x",
+                   "torch_threads": 2, "transformers": "5", "timm": "1", "onnxruntime": None,
+                   "date_utc": "2025-01-01 00:00 UTC"}  # fmt: skip
+    report = BenchmarkReport(environment=environment, settings={"warmup": 1, "repeats": 2}, detection=[
+        row("MTCNN alone, upright (before)", "upright", 0.05),
+        row("SegFaceFaceDetector rotations=auto", "upright", 0.06)])  # fmt: skip
+    markdown = format_markdown(report)
+    assert "| SegFaceFaceDetector rotations=auto | 1 face, upright, 640x480 | 1 | upright | 60.0 | 60.0–60.0 | 1.20x |" in markdown

@@ -56,6 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--original-code", help="folder with the original SegFace network/ package, to compare")
     parser.add_argument("--onnx", action="store_true", help="also export to ONNX and time onnxruntime (CPU)")
     parser.add_argument("--image-processor", action="store_true", help="also time the image processor")
+    parser.add_argument("--detection", action="store_true", help="also time face detection (MTCNN alone, before the "
+                        "rotation search, and SegFaceFaceDetector with rotations never/auto/always) on a one-face "
+                        "640x480 and a four-face 1920x1080 photo made from ../shared/images")  # fmt: skip
+    parser.add_argument("--detection-images", help="folder with grace_hopper.jpg, astronaut.png and camera.png "
+                        "(default: ../shared/images of the checkout)")  # fmt: skip
     parser.add_argument("--json", dest="json_path", help="write the full report as JSON here")
     parser.add_argument("--markdown", dest="markdown_path", help="write the tables as markdown here")
 
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         dtypes=args.dtypes, threads=args.threads, batch_sizes=args.batch_sizes, warmup=args.warmup,
         repeats=args.repeats, compile=args.compile, channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
         reference_path=args.reference_path, original_code=args.original_code, onnx=args.onnx,
-        image_processor=args.image_processor,
+        image_processor=args.image_processor, detection=args.detection, detection_images=args.detection_images,
     )  # fmt: skip
     settings.validate()
     bar = tqdm(desc="timed calls", unit="call", file=sys.stderr)
