@@ -1,36 +1,17 @@
-"""Fine-tune a SegFace model on your own faces and labels with `transformers.Trainer`.
+"""Fine-tune a SegFace model on your own faces and labels with transformers.Trainer.
 
-    python scripts/finetune.py --model MODEL --dataset DATASET --labels labels.json --output_dir OUT \
-        --num_train_epochs 20 --per_device_train_batch_size 4 --learning_rate 1e-4 --eval_strategy epoch
-
-The class tokens are adapted to the dataset's label set (same-meaning classes keep their token, e.g. left_eye =
-l_eye); every `TrainingArguments` option is accepted. See docs/training.md.
+The same as `segface finetune` (arguments, output and exit status); `segface finetune --help` lists the options.
 """
 
-import json
+from __future__ import annotations
+
 import sys
 
-from transformers import HfArgumentParser, TrainingArguments
-
-from segface_hf.training.finetune import SegFaceFinetuneArguments, finetune
+from segface_hf.cli import main as segface_main
 
 
-def main(argv=None) -> int:
-    parser = HfArgumentParser((SegFaceFinetuneArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
-    try:
-        args, training_args = parser.parse_args_into_dataclasses(argv)
-        result = finetune(args, training_args)
-    except (ValueError, OSError) as error:
-        print(f"finetune.py: error: {error}", file=sys.stderr)
-        return 2
-    if training_args.process_index == 0:
-        kept = {new: old for new, old in result["tokens"].items() if old is not None}
-        fresh = [new for new, old in result["tokens"].items() if old is None]
-        print(f"class tokens kept from the model: {json.dumps(kept)}; initialised: {fresh}")
-        if result["eval"] is not None:
-            print(f"evaluation mean F1 {result['eval'].get('eval_mean_f1')}")
-        print(f"model and processor saved to {training_args.output_dir}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return segface_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and every label map through `to_label_map`, once, and is passed on as the PIL im
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -21,12 +22,15 @@ class SegFaceImageError(SegFaceError, ValueError):
     """An input that cannot be read or interpreted as an image, label map or landmark set."""
 
 
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+
+
 def _describe(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"input of type {type(source).__name__}"
 
 
 def load_image(source) -> PIL.Image.Image:
-    """Open an image path (or take a PIL image) and return it upright (EXIF orientation applied), fully decoded."""
+    """Open an image path or encoded bytes (or take a PIL image) and return it upright (EXIF orientation applied), fully decoded."""
     if isinstance(source, PIL.Image.Image):
         image = source
     elif isinstance(source, (str, os.PathLike)):
@@ -41,8 +45,20 @@ def load_image(source) -> PIL.Image.Image:
             raise SegFaceImageError(f"{source}: not an image file PIL can read.") from error
         except (OSError, SyntaxError, ValueError) as error:
             raise SegFaceImageError(f"{source}: corrupt or truncated image ({error}).") from error
+    elif isinstance(source, (bytes, bytearray)) or (isinstance(source, dict) and source.get("bytes") is not None):
+        # encoded bytes, or a `datasets` Image feature left undecoded ({"bytes": ..., "path": ...})
+        data = source if isinstance(source, (bytes, bytearray)) else source["bytes"]
+        try:
+            image = PIL.Image.open(io.BytesIO(data))
+            image.load()
+        except PIL.UnidentifiedImageError as error:
+            raise SegFaceImageError("not an image PIL can read.") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            raise SegFaceImageError(f"corrupt or truncated image ({error}).") from error
+    elif isinstance(source, dict) and source.get("path"):
+        return load_image(source["path"])
     else:
-        raise SegFaceImageError(f"Expected a path or a PIL image, got {_describe(source)}.")
+        raise SegFaceImageError(f"Expected a path, encoded bytes or a PIL image, got {_describe(source)}.")
     try:
         return PIL.ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
@@ -72,9 +88,12 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def to_rgb(image) -> PIL.Image.Image:
     """Any supported image (path, PIL in any mode, HWC/CHW numpy or torch array) as an 8-bit RGB PIL image.
 
+    An RGB PIL image without a pending EXIF rotation is returned as it is (so converting twice costs nothing).
     Grayscale is replicated to three channels, palette images are expanded, alpha is dropped (as the original's
     OpenCV reader does), CMYK is converted, and 16-bit data is scaled to 8 bits.
     """
+    if isinstance(image, PIL.Image.Image) and image.mode == "RGB" and image.getexif().get(_ORIENTATION, 1) == 1:
+        return image  # already converted: passed on as it is, not copied
     if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
         image = load_image(image)
         if image.mode in ("RGB",):

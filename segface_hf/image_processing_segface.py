@@ -219,9 +219,27 @@ class SegFaceImageProcessor(BaseImageProcessor):
         return results
 
 
+def _bilinear_taps(output_size: int, input_size: int, device) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Source neighbours and weights of `F.interpolate(bilinear, align_corners=False)` along one axis, computed in
+    float32 as PyTorch's kernel does: `source = (dst + 0.5) * in / out - 0.5`, clamped at 0."""
+    import torch
+
+    scale = torch.tensor(input_size / output_size, dtype=torch.float32, device=device)
+    source = ((torch.arange(output_size, dtype=torch.float32, device=device) + 0.5) * scale - 0.5).clamp(min=0)
+    lower = source.floor().long().clamp(max=input_size - 1)
+    upper = (lower + 1).clamp(max=input_size - 1)
+    return lower, upper, source - lower
+
+
 def resized_argmax(logits: "torch.Tensor", size: tuple[int, int], max_chunk_elements: int = 2**25) -> "torch.Tensor":
-    """Argmax of `logits` `(num_labels, h, w)` bilinearly resized to `size`, computed in row bands so that a
-    large target (e.g. an 8000x6000 photo) never materialises all upsampled logits at once."""
+    """`argmax` over classes of `logits` `(num_labels, h, w)` bilinearly resized (`align_corners=False`) to `size`.
+
+    Small targets are resized with `F.interpolate`. For large ones (e.g. an 8000x6000 photo) the interpolation is
+    only computed where it can matter: an interpolated pixel is a convex combination of its 4 source neighbours, so
+    where all 4 have the same argmax, so does the pixel. Elsewhere (class borders) the logits are interpolated with
+    `F.interpolate`'s sampling positions and float32 weights, row band by row band, so memory stays small.
+    """
+    import torch
     import torch.nn.functional as F
 
     num_labels, in_height, in_width = logits.shape
@@ -231,20 +249,34 @@ def resized_argmax(logits: "torch.Tensor", size: tuple[int, int], max_chunk_elem
     if num_labels * height * width <= max_chunk_elements:
         resized = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
         return resized[0].argmax(dim=0)
-    # Same sampling as F.interpolate(bilinear, align_corners=False): source = (dst + 0.5) * in/out - 0.5, clamped.
-    rows_per_band = max(1, max_chunk_elements // (num_labels * width))
     device = logits.device
-    xs = ((torch.arange(width, device=device, dtype=torch.float64) + 0.5) * in_width / width - 0.5).clamp(min=0)
-    grid_x = (2 * xs + 1) / in_width - 1
+    left, right, x_weight = _bilinear_taps(width, in_width, device)
+    top, bottom, y_weight = _bilinear_taps(height, in_height, device)
+    source = logits.float()
+    hard = source.argmax(0)
+    rows = None  # logits interpolated along x for every source row, made on first need
     output = torch.empty((height, width), dtype=torch.long, device=device)
-    source = logits[None].float()
-    for start in range(0, height, rows_per_band):
-        stop = min(height, start + rows_per_band)
-        ys = ((torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * in_height / height - 0.5)
-        grid_y = (2 * ys.clamp(min=0) + 1) / in_height - 1
-        grid = torch.stack(torch.meshgrid(grid_y, grid_x, indexing="ij")[::-1], dim=-1)[None].float()
-        band = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        output[start:stop] = band[0].argmax(dim=0)
+    band = max(1, max_chunk_elements // (num_labels * width))
+    for start in range(0, height, band):
+        stop = min(height, start + band)
+        upper, lower = top[start:stop, None], bottom[start:stop, None]
+        corners = hard[upper, left], hard[upper, right], hard[lower, left], hard[lower, right]
+        labels = corners[0].clone()
+        mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+        count = int(mixed.sum())
+        if count:
+            if rows is None:
+                rows = torch.lerp(source.index_select(2, left), source.index_select(2, right), x_weight)
+            if count > mixed.numel() // 8:  # many borders (e.g. a noisy map): interpolate the whole band
+                above = rows.index_select(1, top[start:stop])
+                below = rows.index_select(1, bottom[start:stop])
+                labels = torch.lerp(above, below, y_weight[start:stop, None]).argmax(0)
+            else:
+                ys, xs = mixed.nonzero(as_tuple=True)
+                weight = y_weight[start:stop][ys]
+                above, below = rows[:, top[start:stop][ys], xs], rows[:, bottom[start:stop][ys], xs]
+                labels[ys, xs] = torch.lerp(above, below, weight).argmax(0)
+        output[start:stop] = labels
     return output
 
 

@@ -21,6 +21,7 @@ MOVED_MODULES = {
     "segface_hf.model_card": "segface_hf.release.model_card",
     "segface_hf.onnx_export": "segface_hf.release.onnx_export",
     "segface_hf.evaluation": "segface_hf.training.evaluation",
+    "segface_hf.benchmarking": "benchmarks.harness (in a source checkout, outside the package)",
 }
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO_ROOT, tiny_config
 
 from segface_hf import SegFaceForSemanticSegmentation
-from segface_hf.benchmarking import (
+from benchmarks.harness import (
     BenchmarkReport,
     BenchmarkResult,
     BenchmarkSettings,
@@ -105,7 +105,7 @@ def test_script_reports_bad_settings_in_one_line(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("benchmark: error:") and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().startswith("segface benchmark: error:") and len(result.stderr.strip().splitlines()) == 1
 
 
 # A stand-in with the original's layout and calling convention: it builds a torchvision model with

@@ -700,7 +700,7 @@ def test_cli_reports_layout_errors_in_one_line(tmp_path, capsys):
     code = cli.main(["lapa", "--raw-dir", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("build_dataset.py lapa: error: ") and "train/images/" in err
+    assert err.count("\n") == 1 and err.startswith("segface build-dataset: error: ") and "train/images/" in err
     code = cli.main(["helen", "--raw-dir", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "o"), "--public",
                      "--push-to-hub", "me/helen"])  # fmt: skip
     assert code == 2 and "licence forbids redistribution" in capsys.readouterr().err

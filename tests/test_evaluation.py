@@ -14,15 +14,15 @@ import torch
 from conftest import REPO_ROOT, tiny_config
 
 from segface_hf import SegFaceForSemanticSegmentation, SegFaceImageProcessor
+from segface_hf.metrics.results import EvaluationResult
 from segface_hf.training.evaluation import (
-    EvaluationResult,
     constant_prediction_scores,
     format_scores_table,
     model_label_mapping,
     run_evaluation,
     write_model_card,
 )
-from segface_hf.training.sources import LabelSpec
+from segface_hf.data.labels import LabelSpec
 
 NAMES = {0: "background", 1: "skin"}
 

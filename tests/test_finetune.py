@@ -121,7 +121,7 @@ def test_trainer_finetunes_a_tiny_model_on_facesynthetics(facesynthetics, tmp_pa
     import datasets
 
     from segface_hf.training.evaluation import model_label_mapping, run_evaluation
-    from segface_hf.training.sources import read_labels_file
+    from segface_hf.data.labels import read_label_spec
 
     folder, labels = facesynthetics
     config = tiny_config(num_labels=19)
@@ -156,7 +156,7 @@ def test_trainer_finetunes_a_tiny_model_on_facesynthetics(facesynthetics, tmp_pa
 
     # The Trainer's score equals the evaluation library's on the saved model (same batches of 2).
     split = datasets.load_from_disk(str(folder))["validation"]
-    mapping = model_label_mapping(model.config.id2label, read_labels_file(labels))
+    mapping = model_label_mapping(model.config.id2label, read_label_spec(labels))
     scores = run_evaluation(model, split, mapping, batch_size=2, show_progress=False)
     assert scores["mean_f1"] == pytest.approx(evaluations[-1]["eval_mean_f1"], abs=1e-12)
     assert scores["num_images"] == 4

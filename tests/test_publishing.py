@@ -16,12 +16,8 @@ from hub_standin import hub_standin  # noqa: F401  (the fixture)
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from segface_hf import SegFaceConfig
-from segface_hf.release.model_card import (
-    SegFaceModelCardError,
-    build_model_card,
-    check_model_card,
-    load_evaluation,
-)
+from segface_hf.metrics.results import EvaluationResult, SegFaceEvaluationFileError, load_evaluation
+from segface_hf.release.model_card import SegFaceModelCardError, build_model_card, check_model_card
 from segface_hf.release.publishing import (
     MODEL_REPO_FILES,
     SegFacePublishError,
@@ -58,7 +54,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluation_json(tmp_path_factory):
-    # The layout segface_hf.training.evaluation.write_results_json writes: fractions, as the metric reports them, and
+    # The layout segface_hf.metrics.results.EvaluationResult.save writes: fractions, as the metric reports them, and
     # `r_ear` absent from both sides (None).
     path = tmp_path_factory.mktemp("eval") / "evaluation.json"
     scores = {"mean_f1": 0.8123, "f1": {"neck": 0.75, "skin": 0.9, "r_ear": None}, "num_images": 2824}
@@ -155,17 +151,17 @@ def test_card_checks_reject_incomplete_metadata():
 
 
 def test_evaluation_json_errors(tmp_path):
-    with pytest.raises(SegFaceModelCardError, match="no such evaluation file"):
+    with pytest.raises(SegFaceEvaluationFileError, match="evaluation file .* does not exist"):
         load_evaluation(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(SegFaceModelCardError, match="not a JSON file"):
+    with pytest.raises(SegFaceEvaluationFileError, match="not valid JSON"):
         load_evaluation(bad)
     bad.write_text(json.dumps({"mean_iou": 0.5}))
-    with pytest.raises(SegFaceModelCardError, match="has no 'mean_f1'"):
+    with pytest.raises(SegFaceEvaluationFileError, match="has no 'mean_f1'"):
         load_evaluation(bad)
     bad.write_text(json.dumps({"mean_f1": 250}))
-    with pytest.raises(SegFaceModelCardError, match="not a score"):
+    with pytest.raises(SegFaceEvaluationFileError, match="not a score"):
         load_evaluation(bad)
     percent = tmp_path / "percent.json"
     percent.write_text(json.dumps({"scores": {"mean_f1": 88.5, "f1": {"skin": 95.0}}}))
@@ -178,7 +174,7 @@ def test_bad_inputs_leave_nothing_on_disk(checkpoint, tmp_path, evaluation_json)
         build_model_repo(checkpoint, VARIANT, tmp_path / "a", "no-namespace")
     broken = tmp_path / "broken.json"
     broken.write_text("[]")
-    with pytest.raises(SegFaceModelCardError, match="expected a JSON object"):
+    with pytest.raises(SegFaceEvaluationFileError, match="expected a JSON object"):
         build_model_repo(checkpoint, VARIANT, tmp_path / "b", REPO_ID, broken)
     with pytest.raises(ValueError, match="mobilenet_v3_large backbone"):
         build_model_repo(checkpoint, "swinb_celeba_512", tmp_path / "c", REPO_ID)
@@ -300,7 +296,9 @@ def test_script_help_and_mode_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--variant", VARIANT])
     assert exit_info.value.code == 2 and "this mode needs --checkpoint and --repo-id" in capsys.readouterr().err
-    usage = script.build_parser().format_help()
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    usage = capsys.readouterr().out
     assert "--from-official" in usage and "--space" in usage and "--checkpoints-dir" in usage
 
 
@@ -317,10 +315,8 @@ def test_space_upload(hub_standin):  # noqa: F811
 
 
 def test_reads_the_json_that_the_evaluation_writes(tmp_path):
-    from segface_hf.training.evaluation import EvaluationResult, write_results_json
-
     scores = {"mean_f1": 0.5, "f1": {"background": 0.9, "skin": 0.5, "hair": None}, "num_images": 3}
     written = EvaluationResult(scores=scores, protocol="native", dataset="d", split="validation", model="m")
-    result = load_evaluation(write_results_json(written, tmp_path / "evaluation.json"))
-    assert result.mean_f1 == 50.0 and result.split == "validation" and result.resolution == "native"
+    result = load_evaluation(written.save(tmp_path / "evaluation.json"))
+    assert result.mean_f1 == 50.0 and result.split == "validation" and result.protocol == "native"
     assert result.num_images == 3 and result.per_class_f1 == {"background": 90.0, "skin": 50.0, "hair": None}

@@ -14,7 +14,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .builders import LICENSED_DATASETS, build_celebamask_hq, build_from_folder, build_helen, build_lapa
 from .celebamask_hq import merge_part_masks, plan_celebamask_hq
 from .common import BuildPlan, Problem, RawLayoutError, SampleOutcome
-from .folder import LabelSpec, plan_folder, read_label_spec
+from .folder import plan_folder
+from .labels import ID2LABEL_FILE, LabelSpec, read_label_spec
 from .helen import helen_crop_box, plan_helen
 from .hub import push_dataset_to_hub
 from .lapa import five_point_landmarks, plan_lapa, read_lapa_landmarks
@@ -25,6 +26,7 @@ __all__ = [
     "REPORT_FILE",
     "BuildPlan",
     "BuildSummary",
+    "ID2LABEL_FILE",
     "LabelSpec",
     "Problem",
     "RawLayoutError",

@@ -11,7 +11,7 @@ from datasets.splits import SplitDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
-from ..release.model_card import SEGFACE_CITATION
+from ..references import SEGFACE_CITATION
 from .common import BuildPlan
 
 COLUMN_DOCS = {

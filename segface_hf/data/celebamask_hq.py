@@ -17,7 +17,7 @@ import numpy as np
 from datasets import Features, Image, Value
 
 from ..configuration_segface import CELEBAMASK_HQ_LABELS
-from ..release.model_card import CELEBAMASK_HQ_CITATION
+from ..references import CELEBAMASK_HQ_CITATION
 from .common import (
     DUPLICATE_ID,
     IGNORED,

@@ -24,7 +24,6 @@ Only `id2label` is required; `ignore_index` may be `null` or left out.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Features, Image, List, Value
 
+from .labels import LabelSpec, read_label_spec
 from .common import (
     BAD_LANDMARKS,
     DUPLICATE_ID,
@@ -56,86 +56,6 @@ from .common import (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Lossless formats only, in the order tried when several exist.
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-MAX_LABEL_VALUE = 65535
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """The contents of a `labels.json`.
-
-    Args:
-        id2label (`dict[int, str]`):
-            Label value to class name.
-        ignore_index (`int`, *optional*):
-            Label value to ignore in the loss and metrics.
-        pretty_name (`str`, *optional*):
-            Dataset name for the card.
-        license (`str`, *optional*):
-            Hub licence identifier.
-        license_notice (`str`, *optional*):
-            Licence terms for the card.
-        citation (`str`, *optional*):
-            BibTeX for the card.
-    """
-
-    id2label: dict[int, str]
-    ignore_index: int | None = None
-    pretty_name: str | None = None
-    license: str | None = None
-    license_notice: str | None = None
-    citation: str | None = None
-
-
-def read_label_spec(path: str | Path) -> LabelSpec:
-    """Read and validate a `labels.json` (see the module docstring for the format).
-
-    Raises:
-        [`RawLayoutError`]: the file is missing, not JSON, or does not follow the format.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise RawLayoutError(f"labels file {path} does not exist.")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RawLayoutError(f"{path} is not valid JSON: {error}.") from None
-    example = '{"id2label": {"0": "background", "1": "skin"}, "ignore_index": 255}'
-    if not isinstance(spec, dict) or not isinstance(spec.get("id2label"), dict) or not spec["id2label"]:
-        raise RawLayoutError(f"{path} must be an object with a non-empty 'id2label' mapping, e.g. {example}.")
-    allowed = {"id2label", "ignore_index", "pretty_name", "license", "license_notice", "citation"}
-    if unknown := sorted(set(spec) - allowed):
-        raise RawLayoutError(f"{path} has unknown keys {unknown}; allowed keys are {sorted(allowed)}.")
-    id2label: dict[int, str] = {}
-    for key, name in spec["id2label"].items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) <= MAX_LABEL_VALUE):
-            raise RawLayoutError(f"{path}: label value {key!r} must be an integer from 0 to {MAX_LABEL_VALUE}.")
-        if not isinstance(name, str) or not name.strip():
-            raise RawLayoutError(f"{path}: the name of label {key} must be a non-empty string, got {name!r}.")
-        id2label[int(key)] = name
-    names = list(id2label.values())
-    if duplicates := sorted({name for name in names if names.count(name) > 1}):
-        raise RawLayoutError(f"{path}: class names must be unique, repeated: {duplicates}.")
-    ignore_index = spec.get("ignore_index")
-    if ignore_index is not None:
-        if (
-            isinstance(ignore_index, bool)
-            or not isinstance(ignore_index, int)
-            or not 0 <= ignore_index <= MAX_LABEL_VALUE
-        ):
-            raise RawLayoutError(f"{path}: ignore_index must be an integer from 0 to {MAX_LABEL_VALUE} or null.")
-        if ignore_index in id2label:
-            raise RawLayoutError(f"{path}: ignore_index {ignore_index} is also a class ({id2label[ignore_index]!r}).")
-    for key in ("pretty_name", "license", "license_notice", "citation"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise RawLayoutError(f"{path}: {key} must be a string.")
-    return LabelSpec(
-        id2label=dict(sorted(id2label.items())),
-        ignore_index=ignore_index,
-        pretty_name=spec.get("pretty_name"),
-        license=spec.get("license"),
-        license_notice=spec.get("license_notice"),
-        citation=spec.get("citation"),
-    )
 
 
 @dataclass(frozen=True)

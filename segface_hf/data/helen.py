@@ -15,7 +15,7 @@ import numpy as np
 from datasets import Features, Image, List, Value
 
 from ..configuration_segface import HELEN_LABELS
-from ..release.model_card import HELEN_CITATION
+from ..references import HELEN_CITATION
 from .common import (
     BAD_LANDMARKS,
     IGNORED,

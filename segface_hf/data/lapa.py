@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Features, Image, List, Value
 
 from ..configuration_segface import LAPA_LABELS
-from ..release.model_card import LAPA_CITATION
+from ..references import LAPA_CITATION
 from .common import (
     BAD_LANDMARKS,
     IGNORED,

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .card import render_card
+from .labels import ID2LABEL_FILE
 from .common import EMPTY_SPLIT, KEPT, SKIPPED, UNKNOWN_LABEL_VALUES, BuildPlan, Problem, SampleOutcome
 
 REPORT_FILE = "build_report.json"
-ID2LABEL_FILE = "id2label.json"
 DATA_DIR = "data"
 DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
 ROWS_PER_ROW_GROUP = 100

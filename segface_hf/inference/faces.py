@@ -285,8 +285,8 @@ def _pad_like_celebahq(array: np.ndarray, pads: tuple[int, int, int, int], blur_
 
 def extract_quad(image: PIL.Image.Image, quad: np.ndarray, size: tuple[int, int]) -> PIL.Image.Image:
     """Render the image inside `quad` (corners top-left, bottom-left, bottom-right, top-right, continuous
-    coordinates) as an RGB image of `size` (width, height), antialiased, padding beyond the image borders."""
-    image = to_rgb(image)
+    coordinates) of an RGB PIL image (as [`~segface_hf.image_io.to_rgb`] returns it) as an RGB image of `size`
+    (width, height), antialiased, padding beyond the image borders."""
     quad = np.asarray(quad, dtype=np.float64).copy()
     out_w, out_h = size
     side = float(
@@ -359,12 +359,11 @@ def face_crops(image, detections: Sequence[SegFaceFaceDetection], framing: str,
     """Cut one crop per detected face.
 
     Args:
-        image (`PIL.Image.Image`): the photo (RGB).
+        image (`PIL.Image.Image`): the photo, RGB (as [`~segface_hf.image_io.to_rgb`] returns it).
         detections (list of [`SegFaceFaceDetection`]): the faces.
         framing (`str`): `celebamask-hq`, `helen` or `lapa` (see [`framing_for`]).
         input_size (`tuple[int, int]`): the model's (width, height), e.g. from [`model_input_size`].
     """
-    image = to_rgb(image)
     crops = []
     for detection in detections:
         quad = quad_for(detection.landmarks, framing, input_size[1])
@@ -392,8 +391,8 @@ def template_landmarks(width: int, height: int, model_size: int) -> np.ndarray:
 
 def whole_image_crop(image, model_size: int | None = None, needs_landmarks: bool = False) -> SegFaceFaceCrop:
     """The whole image as one face (for aligned crops): the processor resizes it, as the original pipeline did.
-    With `needs_landmarks` (LaPa models) the face is assumed to sit at the alignment template."""
-    image = to_rgb(image)
+    With `needs_landmarks` (LaPa models) the face is assumed to sit at the alignment template. `image` is RGB (as
+    [`~segface_hf.image_io.to_rgb`] returns it)."""
     quad = np.array([[0, 0], [0, image.height], [image.width, image.height], [image.width, 0]], dtype=np.float64)
     landmarks = template_landmarks(image.width, image.height, model_size) if needs_landmarks else None
     return SegFaceFaceCrop(image=image, quad=quad, landmarks=landmarks, resize=True)
@@ -560,63 +559,11 @@ def paste_faces(image_size: tuple[int, int], crops: Sequence[SegFaceFaceCrop],
     return SegFaceParsingResult(label_map=label_map, faces=faces, mode="faces", face_index=face_index)
 
 
-def _source_index(output_size: int, input_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Neighbour indices and weights of `F.interpolate(bilinear, align_corners=False)` along one axis, computed in
-    float32 as PyTorch's kernel does."""
-    scale = torch.tensor(input_size / output_size, dtype=torch.float32)
-    source = ((torch.arange(output_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
-    lower = source.floor().long().clamp(max=input_size - 1)
-    upper = (lower + 1).clamp(max=input_size - 1)
-    return lower, upper, source - lower
-
-
-def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], max_chunk_elements: int = 2**25) -> torch.Tensor:
-    """`argmax` over classes of `logits` `(num_labels, h, w)` bilinearly resized (`align_corners=False`) to `size`.
-
-    Small targets go through [`resized_argmax`]. For large ones (e.g. an 8000x6000 photo) the interpolation is only
-    computed where it can matter: an interpolated pixel is a convex combination of its 4 source neighbours, so where
-    all 4 have the same argmax, so does the pixel. Elsewhere (class borders) the logits are interpolated as
-    `F.interpolate` does, row band by row band, so memory stays small.
-    """
-    num_labels, in_height, in_width = logits.shape
-    height, width = size
-    if num_labels * height * width <= max_chunk_elements:
-        return resized_argmax(logits, size, max_chunk_elements=max_chunk_elements)
-    left, right, x_weight = _source_index(width, in_width)
-    top, bottom, y_weight = _source_index(height, in_height)
-    source = logits.float()
-    hard = source.argmax(0)
-    rows = None  # logits interpolated along x for every source row, made on first need
-    output = torch.empty((height, width), dtype=torch.long)
-    band = max(1, max_chunk_elements // (num_labels * width))
-    for start in range(0, height, band):
-        stop = min(height, start + band)
-        upper, lower = top[start:stop, None], bottom[start:stop, None]
-        corners = hard[upper, left], hard[upper, right], hard[lower, left], hard[lower, right]
-        labels = corners[0].clone()
-        mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
-        count = int(mixed.sum())
-        if count:
-            if rows is None:
-                rows = torch.lerp(source.index_select(2, left), source.index_select(2, right), x_weight)
-            if count > mixed.numel() // 8:  # many borders (e.g. a noisy map): interpolate the whole band
-                above = rows.index_select(1, top[start:stop])
-                below = rows.index_select(1, bottom[start:stop])
-                labels = torch.lerp(above, below, y_weight[start:stop, None]).argmax(0)
-            else:
-                ys, xs = mixed.nonzero(as_tuple=True)
-                weight = y_weight[start:stop][ys]
-                above, below = rows[:, top[start:stop][ys], xs], rows[:, bottom[start:stop][ys], xs]
-                labels[ys, xs] = torch.lerp(above, below, weight).argmax(0)
-        output[start:stop] = labels
-    return output
-
-
 def paste_whole_image(image_size: tuple[int, int], crop: SegFaceFaceCrop, logits: torch.Tensor) -> SegFaceParsingResult:
     """The label map of an image parsed whole: the logits bilinearly resized to the image, then the argmax (as the
     image processor's post-processing does)."""
     height, width = image_size
-    label_map = upsampled_argmax(logits, (height, width)).numpy().astype(_label_dtype(int(logits.shape[0])))
+    label_map = resized_argmax(logits, (height, width)).numpy().astype(_label_dtype(int(logits.shape[0])))
     face = SegFaceFaceParse(detection=None, quad=crop.quad, region=(0, 0, width, height), labels=label_map,
                             covered=np.ones((height, width), dtype=bool), image_size=(height, width))  # fmt: skip
     return SegFaceParsingResult(label_map=label_map, faces=[face], mode="whole-image", face_index=None)
@@ -716,6 +663,5 @@ __all__ = [
     "quad_for",
     "segment_crops",
     "template_landmarks",
-    "upsampled_argmax",
     "whole_image_crop",
 ]

@@ -3,6 +3,7 @@ code, importable directly for evaluations that accumulate a confusion matrix ima
 
 from pathlib import Path
 
+from .confusion import batch_confusion_matrices
 from .face_parsing_f1.face_parsing_f1 import (
     HELEN_MERGED_ENTRIES,
     confusion_matrix,
@@ -24,6 +25,7 @@ def load_face_parsing_f1(**kwargs):
 __all__ = [
     "FACE_PARSING_F1_PATH",
     "HELEN_MERGED_ENTRIES",
+    "batch_confusion_matrices",
     "confusion_matrix",
     "flatten_scores",
     "load_face_parsing_f1",

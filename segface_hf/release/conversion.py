@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SegFaceError
+from ..errors import SegFaceError, error_summary
 from ..configuration_segface import (
     BACKBONE_PRESETS,
     SegFaceConfig,
@@ -79,7 +79,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = error_summary(error)
         raise SegFaceCheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint ({message}); the file may be truncated or corrupt, "
             "download it again."

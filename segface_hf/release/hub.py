@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SegFaceError
 from ..configuration_segface import OFFICIAL_VARIANTS
+from ..errors import SegFaceError, error_summary
 
 OFFICIAL_REPO_ID = "kartiknarayan/SegFace"
 CHECKPOINT_FILENAME = "model_299.pt"
@@ -63,16 +63,11 @@ def official_checkpoint(
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         raise SegFaceDownloadError(
             f"cannot fetch {OFFICIAL_REPO_ID}/{filename}: it is not in the cache and the Hub cannot be reached "
-            f"(offline mode, or no network); {_first_line(error)}"
+            f"(offline mode, or no network); {error_summary(error)}"
         ) from error
     except (HfHubHTTPError, OSError) as error:
-        raise SegFaceDownloadError(f"cannot fetch {OFFICIAL_REPO_ID}/{filename}: {_first_line(error)}") from error
+        raise SegFaceDownloadError(f"cannot fetch {OFFICIAL_REPO_ID}/{filename}: {error_summary(error)}") from error
     return Path(path)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass
@@ -109,7 +104,7 @@ def verify_model_folder(folder: str | os.PathLike, size: int = 64) -> tuple[int,
         model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
         processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as error:
-        raise SegFaceDownloadError(f"the converted model in {folder} does not load: {_first_line(error)}") from error
+        raise SegFaceDownloadError(f"the converted model in {folder} does not load: {error_summary(error)}") from error
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     image = PIL.Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)),
                                           np.tile(ramp[:, None], (1, size))], axis=-1).astype(np.uint8))  # fmt: skip

@@ -3,11 +3,8 @@ evaluation protocol, limitations, licence and citation."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -15,6 +12,8 @@ from huggingface_hub import ModelCard
 
 from ..errors import SegFaceError
 from ..configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
+from ..metrics.results import EvaluationResult
+from ..references import CELEBAMASK_HQ_CITATION, HELEN_CITATION, LAPA_CITATION, SEGFACE_CITATION
 
 PAPER_URL = "https://arxiv.org/abs/2412.08647"
 CODE_URL = "https://github.com/Kartik-3004/SegFace"
@@ -23,38 +22,6 @@ OFFICIAL_REPO_ID = "kartiknarayan/SegFace"
 PACKAGE_INSTALL_COMMAND = "pip install segface-hf"
 # Our own evaluation JSON travels in the model repo under this name; the card's model-index links to it.
 EVALUATION_FILENAME = "evaluation.json"
-
-SEGFACE_CITATION = """@inproceedings{narayan2025segface,
-  title={SegFace: Face Segmentation of Long-Tail Classes},
-  author={Narayan, Kartik and VS, Vibashan and Patel, Vishal M.},
-  booktitle={Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume={39},
-  number={6},
-  pages={6182--6190},
-  year={2025}
-}"""
-
-CELEBAMASK_HQ_CITATION = """@inproceedings{lee2020maskgan,
-  title={MaskGAN: Towards Diverse and Interactive Facial Image Manipulation},
-  author={Lee, Cheng-Han and Liu, Ziwei and Wu, Lingyun and Luo, Ping},
-  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2020}
-}"""
-
-LAPA_CITATION = """@inproceedings{liu2020new,
-  title={A New Dataset and Boundary-Attention Semantic Segmentation for Face Parsing},
-  author={Liu, Yinglu and Shi, Hailin and Shen, Hao and Si, Yue and Wang, Xiaobo and Mei, Tao},
-  booktitle={AAAI Conference on Artificial Intelligence},
-  pages={11637--11644},
-  year={2020}
-}"""
-
-HELEN_CITATION = """@inproceedings{le2012interactive,
-  title={Interactive Facial Feature Localization},
-  author={Le, Vuong and Brandt, Jonathan and Lin, Zhe and Bourdev, Lubomir and Huang, Thomas S.},
-  booktitle={European Conference on Computer Vision (ECCV)},
-  year={2012}
-}"""
 
 BACKBONE_NAMES = {
     "swin_base": "Swin-B", "swinv2_base": "Swin-V2-B", "swinv2_small": "Swin-V2-S", "swinv2_tiny": "Swin-V2-T",
@@ -111,101 +78,6 @@ REQUIRED_METADATA = ("library_name", "pipeline_tag", "license", "datasets", "tag
 
 class SegFaceModelCardError(SegFaceError, ValueError):
     """A model card or an evaluation file that does not have what a published SegFace card needs."""
-
-
-@dataclass
-class EvaluationResult:
-    """Our own score of a model, read from the JSON that `scripts/evaluate.py` writes.
-
-    Args:
-        mean_f1 (`float`):
-            Mean F1 in percent over all classes but background.
-        dataset (`str`, *optional*):
-            The label set or dataset the score was measured on.
-        split (`str`, *optional*, defaults to `"test"`):
-            The dataset split.
-        per_class_f1 (`dict[str, float | None]`, *optional*):
-            F1 in percent per class name; `None` for a class absent from both the ground truth and the predictions.
-        resolution (`str`, *optional*):
-            Where the comparison was made: `"model"` (the model resolution, as the paper does) or `"native"`.
-        num_images (`int`, *optional*):
-            How many images were scored.
-        source (`str`, *optional*):
-            The file the result was read from.
-    """
-
-    mean_f1: float
-    dataset: str | None = None
-    split: str = "test"
-    per_class_f1: dict[str, float | None] = field(default_factory=dict)
-    resolution: str | None = None
-    num_images: int | None = None
-    source: str | None = None
-
-
-def _number(value, what: str, source: str) -> float:
-    if isinstance(value, dict):
-        for key in ("value", "f1", "score"):
-            if key in value:
-                return _number(value[key], what, source)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise SegFaceModelCardError(f"{source}: {what} must be a finite number, got {value!r}.")
-    if not 0.0 <= value <= 100.0:
-        raise SegFaceModelCardError(f"{source}: {what} = {value} is not a score in [0, 1] or [0, 100].")
-    return float(value)
-
-
-def _find(data: dict, *names):
-    for name in names:
-        if name in data:
-            return data[name]
-    for nested in ("metrics", "results", "scores"):
-        if isinstance(data.get(nested), dict):
-            found = _find(data[nested], *names)
-            if found is not None:
-                return found
-    return None
-
-
-def load_evaluation(path: str | os.PathLike) -> EvaluationResult:
-    """Read the evaluation JSON of `scripts/evaluate.py` (mean F1, per-class F1, dataset, split).
-
-    Scores may be fractions (as the original logs them) or percentages; the result is in percent.
-    """
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise SegFaceModelCardError(f"{source}: no such evaluation file.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SegFaceModelCardError(f"{source}: not a JSON file ({error}).") from error
-    if not isinstance(data, dict):
-        raise SegFaceModelCardError(f"{source}: expected a JSON object, got {type(data).__name__}.")
-    mean_f1 = _find(data, "mean_f1", "Mean_F1", "mean_F1", "meanF1")
-    if mean_f1 is None:
-        raise SegFaceModelCardError(f"{source}: has no 'mean_f1'; pass the JSON written by scripts/evaluate.py.")
-    mean_f1 = _number(mean_f1, "mean_f1", source)
-    # The metric reports fractions (as the original logs them); a mean above 1 means the file is in percent.
-    scale = 100.0 if mean_f1 <= 1.0 else 1.0
-    per_class = _find(data, "per_class_f1", "f1_per_class", "class_f1", "f1")
-    per_class_f1 = {}
-    if isinstance(per_class, dict):
-        # A class absent from both the ground truth and the predictions has no F1 (None, kept as such).
-        per_class_f1 = {
-            str(k): None if v is None else scale * _number(v, f"F1 of {k}", source) for k, v in per_class.items()
-        }
-    num_images = _find(data, "num_images", "num_samples", "images")
-    dataset = _find(data, "dataset", "label_set", "dataset_name")
-    return EvaluationResult(
-        mean_f1=scale * mean_f1,
-        dataset=str(dataset) if isinstance(dataset, str) else None,
-        split=str(_find(data, "split") or "test"),
-        per_class_f1=per_class_f1,
-        resolution=_find(data, "protocol", "at", "compare_at"),
-        num_images=num_images if isinstance(num_images, int) and not isinstance(num_images, bool) else None,
-        source=path.name,
-    )
 
 
 def _label_set(config: SegFaceConfig, variant: str | None) -> str:
@@ -469,7 +341,7 @@ def build_model_card(
     elif variant is not None:
         scores.append("| mean F1, reported by the authors | not reported for this checkpoint |")
     if evaluation is not None:
-        where = f", compared at the {evaluation.resolution} resolution" if evaluation.resolution else ""
+        where = f", compared at the {evaluation.protocol} resolution" if evaluation.protocol else ""
         images = f", {evaluation.num_images:,} images" if evaluation.num_images else ""
         scores.append(f"| mean F1, our evaluation of this checkpoint ({evaluation.split} split{images}{where}) | "
                       f"{evaluation.mean_f1:.2f} |")  # fmt: skip
@@ -575,11 +447,9 @@ def check_model_card(text: str) -> dict:
 
 __all__ = [
     "DATASETS",
-    "EvaluationResult",
     "SegFaceModelCardError",
     "build_model_card",
     "check_model_card",
     "label_table",
-    "load_evaluation",
     "model_card_metadata",
 ]

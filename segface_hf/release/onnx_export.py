@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SegFaceError
+from ..errors import SegFaceError, error_summary
 
 # The agreement an export must reach with PyTorch on the same inputs.
 MAX_ABS_LOGIT_DIFFERENCE = 1e-3
@@ -115,7 +115,7 @@ class OnnxExportResult:
         return "\n".join(lines)
 
 
-def _require_onnx():
+def require_onnx():
     try:
         import onnx  # noqa: F401
         import onnxruntime
@@ -174,7 +174,7 @@ def _exportable_backbone_attention(model: nn.Module):
 
 
 def _session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
-    onnxruntime = _require_onnx()
+    onnxruntime = require_onnx()
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -316,7 +316,7 @@ def export_onnx(
     Returns:
         [`OnnxExportResult`]: the path, input names and the verification.
     """
-    _require_onnx()
+    require_onnx()
     output_path = Path(output_path)
     if output_path.suffix != ".onnx":
         raise ValueError(f"the output file must end in .onnx, got {output_path.name!r}.")
@@ -359,7 +359,7 @@ def export_onnx(
                     external_data=False,
                 )
         except Exception as error:  # the exporter raises many kinds; report one line
-            summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            summary = error_summary(error)
             raise SegFaceOnnxError(f"torch.onnx.export failed: {summary}") from error
         verification = None
         if verify:
@@ -389,5 +389,6 @@ __all__ = [
     "example_inputs",
     "export_onnx",
     "load_onnx_session",
+    "require_onnx",
     "verify_onnx",
 ]

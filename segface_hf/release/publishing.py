@@ -8,7 +8,6 @@ apply, and `endpoint` / `token` can be passed explicitly.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +20,9 @@ from tqdm.auto import tqdm
 
 from ..errors import SegFaceError
 from ..configuration_segface import OFFICIAL_VARIANTS, SegFaceConfig, parse_variant
-from .model_card import EVALUATION_FILENAME, build_model_card, check_model_card, load_evaluation
+from ..file_utils import read_json
+from ..metrics.results import load_evaluation
+from .model_card import EVALUATION_FILENAME, build_model_card, check_model_card
 
 # What a published model repo must hold for `from_pretrained`, with or without the package.
 MODEL_REPO_FILES = (
@@ -114,10 +115,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
         raise SegFacePublishError(f"{folder} is not a complete SegFace repo: {', '.join(missing)} missing.")
     for name, needed in (("config.json", ("AutoConfig", "AutoModelForSemanticSegmentation")),
                          ("preprocessor_config.json", ("AutoImageProcessor",))):  # fmt: skip
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SegFacePublishError(f"{folder / name}: not valid JSON ({error}).") from error
+        data = read_json(folder / name, SegFacePublishError)
         auto_map = data.get("auto_map") or {}
         absent = [key for key in needed if key not in auto_map]
         if absent:

@@ -20,13 +20,12 @@ from .finetune import SegFaceFinetuneArguments, SegFaceTrainerMetrics, adapt_cla
 from .initialization import initialize_decoder_like_original
 from .loop import TrainingResult, train, validate
 from .recipe import SegFaceTrainingRecipe
-from .sources import LabelSpec, load_dataset_splits, read_labels_file, resolve_label_spec
+from .sources import load_dataset_splits, resolve_label_spec
 
 __all__ = [
     "IMAGENET_BACKBONE_SOURCES",
     "BackboneInitialization",
     "BackboneWeightsError",
-    "LabelSpec",
     "SegFaceEpochSampler",
     "SegFaceFinetuneArguments",
     "SegFaceLabelMapping",
@@ -42,7 +41,6 @@ __all__ = [
     "initialize_backbone",
     "initialize_decoder_like_original",
     "load_dataset_splits",
-    "read_labels_file",
     "resolve_label_spec",
     "seed_worker",
     "segface_collate",

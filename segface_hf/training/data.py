@@ -201,7 +201,9 @@ def apply_affine(
 # The dataset wrapper
 
 
-def _crop_box(box, width: int, height: int, sample) -> tuple[int, int, int, int]:
+def checked_crop_box(box, width: int, height: int, sample) -> tuple[int, int, int, int]:
+    """A dataset row's crop box `(x1, y1, x2, y2)` as integers inside a `width` x `height` image, or a one-line
+    `ValueError` naming `sample`."""
     try:
         x1, y1, x2, y2 = (round(float(v)) for v in box)
     except (TypeError, ValueError):
@@ -302,7 +304,7 @@ class SegFaceSegmentationDataset(torch.utils.data.Dataset):
                     f"of shape {landmarks.shape}."
                 )
         if self.crop_box_column:
-            x1, y1, x2, y2 = _crop_box(row[self.crop_box_column], image.width, image.height, sample)
+            x1, y1, x2, y2 = checked_crop_box(row[self.crop_box_column], image.width, image.height, sample)
             if label.size != image.size:
                 raise ValueError(
                     f"sample {sample}: image ({image.width}x{image.height}) and label ({label.width}x{label.height}) "

@@ -15,10 +15,8 @@ The confusion matrix is accumulated over the whole split (one dataset-level matr
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,70 +25,12 @@ from tqdm.auto import tqdm
 
 from ..file_utils import atomic_write_text
 from ..image_processing_segface import SegFaceImageProcessor, resized_argmax
-from ..metrics import scores_from_confusion
+from ..metrics import batch_confusion_matrices, scores_from_confusion
+from ..metrics.results import EvaluationResult
 
 PROTOCOLS = ("model", "native")
 _SECTION_START = "<!-- segface-hf evaluation start: {key} -->"
 _SECTION_END = "<!-- segface-hf evaluation end: {key} -->"
-
-
-@dataclass
-class EvaluationResult:
-    """Scores of one model on one split.
-
-    Args:
-        scores (`dict`):
-            See `segface_hf.metrics.scores_from_confusion`; plus `num_images`.
-        protocol (`str`):
-            `"model"` or `"native"`.
-        dataset (`str`):
-            The dataset folder or repo.
-        split (`str`):
-            The split.
-        model (`str`):
-            The model folder or repo (or a description of a baseline).
-        seconds (`float`, *optional*, defaults to 0.0):
-            Wall time of the evaluation.
-        settings (`dict`, *optional*, defaults to `{}`):
-            Further settings worth recording (resolution, label mapping, merged entries).
-    """
-
-    scores: dict
-    protocol: str
-    dataset: str
-    split: str
-    model: str
-    seconds: float = 0.0
-    settings: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "dataset": self.dataset, "split": self.split, "protocol": self.protocol,
-                "seconds": round(self.seconds, 3), "settings": self.settings, "scores": self.scores}  # fmt: skip
-
-
-def batch_confusion_matrices(
-    predictions: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int | None
-) -> torch.Tensor:
-    """Per-image confusion matrices `(batch, K, K)` (ground-truth rows, predicted columns) of predicted label maps
-    `(batch, H, W)` against label maps of the same shape, on the tensors' device.
-
-    Raises:
-        `ValueError`: a label outside 0..K-1 that is not `ignore_index`.
-    """
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape.")
-    labels = labels.long()
-    valid = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
-    if bool(((labels < 0) | (labels >= num_labels)).logical_and(valid).any()):
-        bad = torch.unique(labels[valid & ((labels < 0) | (labels >= num_labels))])[:8].tolist()
-        raise ValueError(
-            f"labels hold values {bad} outside the model's {num_labels} classes and the ignore value {ignore_index}."
-        )
-    batch = labels.shape[0]
-    image = torch.arange(batch, device=labels.device).view(batch, *([1] * (labels.dim() - 1))).expand_as(labels)
-    codes = (image * num_labels + labels) * num_labels + predictions.long()
-    counts = torch.bincount(codes[valid], minlength=batch * num_labels * num_labels)
-    return counts.view(batch, num_labels, num_labels)
 
 
 def model_label_mapping(model_id2label: dict[int, str], spec=None, ignore_index: int = 255):
@@ -215,7 +155,7 @@ def constant_prediction_scores(
     """Scores of the trivial predictor that outputs `class_index` everywhere (e.g. all background, all skin): the
     floor a trained model must clear. Labels are nearest-resized to `image_size` for `at="model"`."""
     from ..image_io import to_label_map
-    from .data import _crop_box
+    from .data import checked_crop_box
 
     if at not in PROTOCOLS:
         raise ValueError(f"at must be one of {PROTOCOLS}, got {at!r}.")
@@ -228,7 +168,7 @@ def constant_prediction_scores(
         row = dataset_split[index]
         label = to_label_map(row[label_column])
         if crop_box_column:
-            label = label.crop(_crop_box(row[crop_box_column], label.width, label.height, row.get("id", index)))
+            label = label.crop(checked_crop_box(row[crop_box_column], label.width, label.height, row.get("id", index)))
         if at == "model" and label.size != (image_size, image_size):
             label = label.resize((image_size, image_size), resample=0)  # nearest
         mapped = label_mapping(np.asarray(label), row.get("id", index))
@@ -267,13 +207,6 @@ def format_scores_table(scores: dict) -> str:
             f"Absent from ground truth and prediction (left out of the means): {', '.join(scores['absent_classes'])}."
         )
     return "\n".join(lines)
-
-
-def write_results_json(result: EvaluationResult, path: str | Path) -> Path:
-    """Write the result as JSON (atomically)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
-    return path
 
 
 def write_model_card(result: EvaluationResult, readme: str | Path, model_name: str | None = None) -> Path:
@@ -404,13 +337,10 @@ def _auto_column(value: str | None, default: str | None, columns) -> str | None:
 
 
 __all__ = [
-    "EvaluationResult",
-    "batch_confusion_matrices",
     "constant_prediction_scores",
     "evaluate_pretrained",
     "format_scores_table",
     "model_label_mapping",
     "run_evaluation",
     "write_model_card",
-    "write_results_json",
 ]

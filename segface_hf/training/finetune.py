@@ -257,9 +257,9 @@ def build_trainer(args: SegFaceFinetuneArguments, training_args, splits=None):
         processor = SegFaceImageProcessor(size={"height": model.config.image_size, "width": model.config.image_size})
     spec = resolve_label_spec(args.dataset, args.labels) if isinstance(args.dataset, str) else None
     if args.labels is not None and spec is None:
-        from .sources import read_labels_file
+        from ..data.labels import read_label_spec
 
-        spec = read_labels_file(args.labels)
+        spec = read_label_spec(args.labels, plain_mapping=True)
     if spec is not None:
         new_names = [spec.id2label[value] for value in sorted(spec.id2label)]
         report = adapt_class_tokens(model, dict(enumerate(new_names)), seed=training_args.seed)

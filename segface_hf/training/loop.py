@@ -25,7 +25,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..configuration_segface import SegFaceConfig
-from .evaluation import batch_confusion_matrices
+from ..metrics import batch_confusion_matrices
 from ..image_processing_segface import SegFaceImageProcessor
 from ..metrics import flatten_scores, scores_from_confusion
 from ..modeling_segface import SegFaceForSemanticSegmentation

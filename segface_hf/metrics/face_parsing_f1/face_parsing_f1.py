@@ -49,6 +49,8 @@ try:  # the `evaluate` wrapper; the functions above it need numpy only
 except ImportError:  # pragma: no cover - exercised only where evaluate is not installed
     datasets = evaluate = None
 
+# `evaluate.load` runs this file on its own (no package around it), so it keeps its own copy of the paper's BibTeX
+# (the package's is in segface_hf/references.py).
 _CITATION = """\
 @inproceedings{narayan2025segface,
   title={SegFace: Face Segmentation of Long-Tail Classes},

@@ -16,7 +16,7 @@ import PIL.Image
 
 from segface_hf.inference.faces import SegFaceFaceDetector, SegFaceMissingDependencyError, SegFaceNoFaceError, parse_faces
 from segface_hf.errors import SegFaceError
-from segface_hf.image_io import SegFaceImageError, load_image, to_rgb
+from segface_hf.image_io import SegFaceImageError, to_rgb
 from segface_hf.inference.visualization import class_areas, colorize, overlay, palette_for
 
 MAX_MEGAPIXELS = float(os.environ.get("SEGFACE_MAX_MEGAPIXELS", "40"))
@@ -68,7 +68,7 @@ def read_photo(path: str | os.PathLike | None) -> PIL.Image.Image:
             f"The image is only {width}x{height} pixels; a face needs at least {MIN_SIDE} pixels a side."
         )
     try:
-        return to_rgb(load_image(path))
+        return to_rgb(path)
     except SegFaceImageError as error:
         raise DemoInputError(
             f"{name} is corrupt or truncated and cannot be decoded; save or export it again and re-upload it."

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from segface_hf.configuration_segface import OFFICIAL_VARIANTS, parse_variant
-from segface_hf.errors import SegFaceError
+from segface_hf.errors import SegFaceError, error_summary
 
 DEFAULT_SOURCE = "mobilenet_celeba_512"
 ALIASES = {
@@ -190,7 +190,7 @@ def _official_folder(variant: str) -> Path:
     try:
         download_official(variant, output_dir=folder, overwrite=True)
     except Exception as error:  # Hub errors, a corrupt download: all mean "not usable from here"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = error_summary(error)
         raise ModelUnavailableError(
             f"The official `{variant}` weights could not be fetched from {OFFICIAL_REPO_ID} and converted ({reason}). "
             f"{HOW_TO_POINT}"
@@ -200,9 +200,7 @@ def _official_folder(variant: str) -> Path:
 
 def load(choice: ModelChoice) -> LoadedModel:
     """Load a model choice on the CPU, in eval mode."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    import segface_hf  # noqa: F401  (registers SegFace with the Auto classes)
+    from segface_hf.inference.loading import SegFaceModelLoadError, load_model
 
     start = time.perf_counter()
     if choice.kind == "official":
@@ -213,18 +211,12 @@ def load(choice: ModelChoice) -> LoadedModel:
         location = choice.location
     else:
         location = choice.location
-    from safetensors import SafetensorError
-
     try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(location).eval()
-        processor = AutoImageProcessor.from_pretrained(location)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        model, processor = load_model(location)
+    except (SegFaceModelLoadError, OSError) as error:
         raise ModelUnavailableError(
-            f"The model `{choice.key}` could not be loaded ({reason}). {HOW_TO_POINT}"
+            f"The model `{choice.key}` could not be loaded ({error_summary(error)}). {HOW_TO_POINT}"
         ) from error
-    if getattr(model.config, "model_type", None) != "segface":
-        raise ModelUnavailableError(f"`{choice.key}` is a {model.config.model_type} model, not a SegFace model.")
     return LoadedModel(choice=choice, model=model, processor=processor, seconds=time.perf_counter() - start)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SegFaceError
+from segface_hf.errors import SegFaceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -385,7 +385,7 @@ class ModelSpec:
 
 
 def model_specs(settings: BenchmarkSettings) -> list[ModelSpec]:
-    from .configuration_segface import SegFaceConfig, parse_variant
+    from segface_hf.configuration_segface import SegFaceConfig, parse_variant
 
     specs = []
     for variant in settings.variants:
@@ -403,8 +403,8 @@ def model_specs(settings: BenchmarkSettings) -> list[ModelSpec]:
 
 def build_segface(spec: ModelSpec, seed: int = 0) -> nn.Module:
     """This package's model for `spec`, in eval mode, float32, on the CPU."""
-    from .configuration_segface import SegFaceConfig, parse_variant
-    from .modeling_segface import SegFaceForSemanticSegmentation
+    from segface_hf.configuration_segface import SegFaceConfig, parse_variant
+    from segface_hf.modeling_segface import SegFaceForSemanticSegmentation
 
     if spec.path is not None:
         return SegFaceForSemanticSegmentation.from_pretrained(spec.path).eval()
@@ -478,7 +478,7 @@ class OriginalSegFace(nn.Module):
 
 def build_original(original_code: str | os.PathLike, variant: str, resolution: int, seed: int = 0) -> OriginalSegFace:
     """The original implementation of an official variant, with random weights, in eval mode on the CPU."""
-    from .configuration_segface import parse_variant
+    from segface_hf.configuration_segface import parse_variant
 
     root = _original_root(original_code)
     backbone, dataset, _ = parse_variant(variant)
@@ -533,7 +533,7 @@ def _options_label(settings: BenchmarkSettings) -> str:
 
 
 def _inputs(config, batch: int, resolution: int, device, dtype, seed: int) -> dict[str, torch.Tensor]:
-    from .release.onnx_export import example_inputs
+    from segface_hf.release.onnx_export import example_inputs
 
     inputs = example_inputs(config, batch, (resolution, resolution), seed=seed)
     inputs["pixel_values"] = inputs["pixel_values"].to(device, dtype)
@@ -574,7 +574,7 @@ def _time_case(
 
 
 def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str) -> Callable[..., object]:
-    from .release.onnx_export import export_onnx, load_onnx_session
+    from segface_hf.release.onnx_export import export_onnx, load_onnx_session
 
     path = Path(folder) / f"segface_{resolution}.onnx"
     export_onnx(model, path, image_size=resolution, overwrite=True)
@@ -594,7 +594,7 @@ def time_image_processor(
     resolution: int, input_size: tuple[int, int], batch_size: int, warmup: int, repeats: int, seed: int = 0
 ) -> ProcessorResult:
     """Images per second of `SegFaceImageProcessor` resizing synthetic RGB photos to `resolution`."""
-    from .image_processing_segface import SegFaceImageProcessor
+    from segface_hf.image_processing_segface import SegFaceImageProcessor
 
     processor = SegFaceImageProcessor(size={"height": resolution, "width": resolution})
     rng = np.random.default_rng(seed)

@@ -1,0 +1,86 @@
+"""`segface benchmark`: time SegFace (latency at batch 1, throughput at batch 8), optionally beside the original code
+and onnxruntime, every implementation interleaved in one process.
+
+    segface benchmark --variants mobilenet_celeba_512 swinb_celeba_512 --threads 2 \\
+        --original-code /path/to/SegFace --onnx --image-processor --json bench.json --markdown bench.md
+    segface benchmark --variants swinb_celeba_512 --device cuda --dtypes float32 bfloat16 float16
+    segface benchmark --model ./segface-mobilenet --resolutions 512 --compile
+
+The harness lives in `benchmarks/harness.py` of a source checkout, outside the installed package (it imports the
+original SegFace code from the folder given with --original-code); see that file for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+HELP = "time the model (and the original code, onnxruntime) side by side; needs a source checkout"
+HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "harness.py"
+
+
+def load_harness():
+    """The `benchmarks.harness` module of the source checkout this package is installed from."""
+    if "benchmarks.harness" in sys.modules:
+        return sys.modules["benchmarks.harness"]
+    if not HARNESS.is_file():
+        raise FileNotFoundError(f"segface benchmark runs from a source checkout of segface-hf: {HARNESS} is missing "
+                                "(install the package with `pip install -e .` from the repository).")  # fmt: skip
+    try:
+        import benchmarks.harness as harness  # the checkout is on sys.path (its root is the working directory)
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("benchmarks.harness", HARNESS)
+        harness = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks.harness"] = harness
+        spec.loader.exec_module(harness)
+    return harness
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", nargs="*", default=[], help="official variants, built with random weights")
+    parser.add_argument("--model", dest="model_paths", action="append", default=[],
+                        help="a saved model folder (repeatable)")  # fmt: skip
+    parser.add_argument("--resolutions", nargs="*", type=int, help="square input sizes (default: each model's own)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], help="float32, bfloat16 and/or float16")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch and onnxruntime")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="default: 1 (latency) and 8")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per implementation (default: 5)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile this package's model")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last model and inputs")
+    parser.add_argument("--cuda-graphs", action="store_true", help="capture this package's model in a CUDA graph")
+    parser.add_argument("--reference-path", action="store_true", help="also time the reference path")
+    parser.add_argument("--original-code", help="folder with the original SegFace network/ package, to compare")
+    parser.add_argument("--onnx", action="store_true", help="also export to ONNX and time onnxruntime (CPU)")
+    parser.add_argument("--image-processor", action="store_true", help="also time the image processor")
+    parser.add_argument("--json", dest="json_path", help="write the full report as JSON here")
+    parser.add_argument("--markdown", dest="markdown_path", help="write the tables as markdown here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    harness = load_harness()
+    settings = harness.BenchmarkSettings(
+        variants=args.variants, model_paths=args.model_paths, resolutions=args.resolutions, device=args.device,
+        dtypes=args.dtypes, threads=args.threads, batch_sizes=args.batch_sizes, warmup=args.warmup,
+        repeats=args.repeats, compile=args.compile, channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
+        reference_path=args.reference_path, original_code=args.original_code, onnx=args.onnx,
+        image_processor=args.image_processor,
+    )  # fmt: skip
+    settings.validate()
+    bar = tqdm(desc="timed calls", unit="call", file=sys.stderr)
+    try:
+        report = harness.run_benchmarks(settings, progress=lambda text: bar.set_postfix_str(text), on_step=bar.update)
+    finally:
+        bar.close()
+    markdown = report.to_markdown()
+    print(markdown)
+    for path, text in ((args.json_path, report.to_json()), (args.markdown_path, markdown)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    return 0
