@@ -102,17 +102,27 @@ class SegFaceBackbone(nn.Module):
         """The four feature maps `(batch, channels, height / stride, width / stride)` for strides 4, 8, 16, 32."""
         if self.model_type == "timm_backbone":
             return self.model(pixel_values)
+        # Swin and ConvNeXt: the stage outputs (Swin's before patch merging), without the final norm or pooling of
+        # the base model; the stages are called one by one, as their encoders do (whose output-capturing wrappers
+        # strict torch.export cannot trace).
         if self.model_type == "swin":
-            # The stage outputs before patch merging, without the final norm or pooling of SwinModel.forward.
-            embeddings, dimensions = self.model.embeddings(pixel_values)
-            outputs = self.model.encoder(
-                embeddings, dimensions, output_hidden_states=True, output_hidden_states_before_downsampling=True
-            )
-            return list(outputs.reshaped_hidden_states[1:])
+            hidden_states, dimensions = self.model.embeddings(pixel_values)
+            features = []
+            for stage in self.model.encoder.layers:
+                hidden_states, before_downsampling, _ = stage(
+                    hidden_states, dimensions, output_hidden_states_before_downsampling=True
+                )
+                features.append(before_downsampling)
+                if stage.downsample is not None:
+                    dimensions = ((dimensions[0] + 1) // 2, (dimensions[1] + 1) // 2)
+            return features
         if self.model_type == "convnext":
-            embeddings = self.model.embeddings(pixel_values)
-            outputs = self.model.encoder(embeddings, output_hidden_states=True)
-            return list(outputs.hidden_states[1:])
+            hidden_states = self.model.embeddings(pixel_values)
+            features = []
+            for stage in self.model.encoder.stages:
+                hidden_states = stage(hidden_states)
+                features.append(hidden_states)
+            return features
         return list(self.model(pixel_values).feature_maps)
 
 class SegFacePositionalEmbedding(nn.Module):
