@@ -193,7 +193,7 @@ class SegFaceImageProcessor(BaseImageProcessor):
             raise SegFaceImageError("landmarks contain NaN or infinity.")
         return points
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list:
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False) -> list:
         """Turn model outputs into one label map per image.
 
         Args:
@@ -202,9 +202,13 @@ class SegFaceImageProcessor(BaseImageProcessor):
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 (height, width) per image, e.g. the original image sizes. The logits are bilinearly resized to each
                 before the argmax; without it the maps are at the model resolution.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Whether to return, per image, a `SemanticSegmentationPostProcessorOutput` holding the label map
+                (`segmentation`) and the logits at the same size (`segmentation_scores`, `(num_labels, height,
+                width)`, bilinearly resized like the label map's) instead of the label map alone.
 
         Returns:
-            `list[torch.LongTensor]`: a `(height, width)` label map per image.
+            `list[torch.LongTensor]`: a `(height, width)` label map per image (or the outputs described above).
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         if target_sizes is not None and len(target_sizes) != len(logits):
@@ -216,7 +220,20 @@ class SegFaceImageProcessor(BaseImageProcessor):
             else:
                 height, width = (int(v) for v in target_sizes[index])
                 results.append(resized_argmax(logits[index], (height, width)))
-        return results
+        if not return_segmentation_scores:
+            return results
+        import torch.nn.functional as F
+        from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+
+        scored = []
+        for index, label_map in enumerate(results):
+            scores = logits[index]
+            if tuple(scores.shape[1:]) != tuple(label_map.shape):
+                scores = F.interpolate(scores[None], size=tuple(label_map.shape), mode="bilinear",
+                                       align_corners=False)[0]  # fmt: skip
+            scored.append(SemanticSegmentationPostProcessorOutput({"segmentation": label_map,
+                                                                   "segmentation_scores": scores}))  # fmt: skip
+        return scored
 
 
 def _bilinear_taps(output_size: int, input_size: int, device) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:

@@ -306,7 +306,9 @@ class SegFaceTwoWayTransformer(nn.Module):
         for layer in self.layers:
             queries, keys, maps = layer(queries, keys, class_tokens, image_pe, output_attentions)
             attentions += maps
-        attended, final = self.final_attn_token_to_image(queries + class_tokens, keys + image_pe, keys, output_attentions)
+        attended, final = self.final_attn_token_to_image(
+            queries + class_tokens, keys + image_pe, keys, output_attentions
+        )
         attentions += (final,) if output_attentions else ()
         return self.layer_norm_final_attn(queries + attended), keys, attentions
 
