@@ -189,6 +189,18 @@ def test_post_process_returns_label_maps_at_requested_sizes(processor):
     assert native[0].shape == (8, 8)
 
 
+def test_standard_arguments_data_formats_and_four_channel_input(processor):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    expected = processor(rgba[..., :3])["pixel_values"]  # alpha is dropped
+    channels_first = np.ascontiguousarray(rgba.transpose(2, 0, 1))
+    given = processor(channels_first, input_data_format="channels_first", do_convert_rgb=True)["pixel_values"]
+    assert torch.equal(given, expected)
+    assert torch.equal(processor(rgba, input_data_format="channels_last")["pixel_values"], expected)
+    last = processor(rgba, data_format="channels_last")["pixel_values"]
+    assert torch.equal(last, expected.permute(0, 2, 3, 1))
+
+
 def test_post_process_with_segmentation_scores_returns_the_resized_logits(processor):
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 8, 8)
