@@ -64,11 +64,18 @@ def is_tracing() -> bool:
     )
 
 
-def plan_fast_path(model: nn.Module, pixel_values: torch.Tensor) -> SegFaceFastPathPlan:
-    """The one place where device, autograd, training and tracing state decide what the fast path does."""
+def plan_fast_path(
+    model: nn.Module, pixel_values: torch.Tensor, output_attentions: bool = False
+) -> SegFaceFastPathPlan:
+    """The one place where device, autograd, training and tracing state decide what the fast path does.
+
+    CPU blocks are left out where the decoder's layers must run whole: when their attention maps are returned, and
+    when they are checkpointed (gradient checkpointing wraps each layer's call)."""
     eager = not is_tracing()
+    checkpointed = model.training and model.is_activation_checkpointing
     return SegFaceFastPathPlan(
-        cpu_blocks=eager and CPU_BLOCK_TOKENS > 0 and pixel_values.device.type == "cpu",
+        cpu_blocks=eager and CPU_BLOCK_TOKENS > 0 and pixel_values.device.type == "cpu" and not output_attentions
+        and not checkpointed,
         in_place=eager and not torch.is_grad_enabled(),
         swin_windows=eager and not model.training,
         caches=eager,
@@ -91,10 +98,12 @@ def row_blocks(batch: int, height: int, width: int) -> list[tuple[int, int, int,
     ]
 
 
-def segment(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits at 4x the stride-4 grid and the four backbone feature maps of a [`SegFaceForSemanticSegmentation`],
-    computed as its reference path does."""
-    plan = plan_fast_path(model, pixel_values)
+def segment(
+    model: nn.Module, pixel_values: torch.Tensor, output_attentions: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Logits at 4x the stride-4 grid, the four backbone feature maps and (with `output_attentions`) the decoder's
+    attention maps of a [`SegFaceForSemanticSegmentation`], computed as its reference path does."""
+    plan = plan_fast_path(model, pixel_values, output_attentions)
     backbone = model.backbone
     if backbone.model_type in CHANNELS_LAST_MODEL_TYPES:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
@@ -103,7 +112,9 @@ def segment(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor,
     blocks = row_blocks(features[0].shape[0], height, width) if plan.cpu_blocks else None
     image_tokens = fuse_features(model.feature_projections, model.feature_fusion, features, blocks)
     image_pe = positional_tokens(model.positional_embedding, height, width, image_tokens.dtype, plan)
-    return decode(model.mask_decoder, image_tokens, image_pe, height, width, blocks, plan), features
+    logits, attentions = decode(model.mask_decoder, image_tokens, image_pe, height, width, blocks, plan,
+                                output_attentions)  # fmt: skip
+    return logits, features, attentions
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,21 +382,25 @@ def decode(
     width: int,
     blocks: list | None,
     plan: SegFaceFastPathPlan,
-) -> torch.Tensor:
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """`SegFaceMaskDecoder` on row-major image tokens `(batch, height * width, hidden)` and their encoding
-    `(1, height * width, hidden)`: logits `(batch, num_labels, 4 * height, 4 * width)`. `blocks` are [`row_blocks`]
-    of the grid, or None."""
+    `(1, height * width, hidden)`: logits `(batch, num_labels, 4 * height, 4 * width)` and the transformer's
+    attention maps (with `output_attentions`, which needs `blocks` None). `blocks` are [`row_blocks`] of the grid,
+    or None."""
     batch = image_tokens.shape[0]
     class_tokens = decoder.class_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+    attentions = ()
     if blocks is None:
-        class_tokens, image_tokens = decoder.transformer(image_tokens, image_pe, class_tokens)
+        class_tokens, image_tokens, attentions = decoder.transformer(image_tokens, image_pe, class_tokens,
+                                                                     output_attentions)  # fmt: skip
     else:
         token_blocks = [(i, j, a * width, b * width) for i, j, a, b in blocks]
         class_tokens, image_tokens = two_way_transformer_blockwise(
             decoder.transformer, image_tokens, image_pe, class_tokens, token_blocks, plan.in_place
         )
     mask_weights = decoder.output_hypernetwork_mlp(class_tokens)
-    return upscale_and_classify(decoder, image_tokens, mask_weights, height, width, blocks)
+    return upscale_and_classify(decoder, image_tokens, mask_weights, height, width, blocks), attentions
 
 
 def linear_into(layer: nn.Linear, inputs: torch.Tensor, out: torch.Tensor, in_place: bool) -> None:
@@ -408,7 +423,7 @@ def attend_to_image_blockwise(
         block = image_tokens[first:end, start:stop]
         linear_into(attention.k_proj, block + image_pe[:, start:stop], key[first:end, start:stop], in_place)
         linear_into(attention.v_proj, block, value[first:end, start:stop], in_place)
-    return attention.attend(attention.q_proj(query), key, value)
+    return attention.attend(attention.q_proj(query), key, value)[0]
 
 
 def two_way_block_blockwise(
@@ -436,7 +451,7 @@ def two_way_block_blockwise(
     for first, end, start, stop in blocks:
         block = keys[first:end, start:stop]
         image_queries = attention.q_proj(block + key_pe[:, start:stop])
-        attended = attention.attend(image_queries, token_keys[first:end], token_values[first:end])
+        attended = attention.attend(image_queries, token_keys[first:end], token_values[first:end])[0]
         updated[first:end, start:stop] = layer.layer_norm4(block + attended)
     return queries, updated
 

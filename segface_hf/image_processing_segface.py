@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
 
 try:
     import torch
@@ -109,6 +109,9 @@ class SegFaceImageProcessor(BaseImageProcessor):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         return_tensors: str | None = "pt",
+        do_convert_rgb: bool | None = None,
+        data_format: str | ChannelDimension | None = ChannelDimension.FIRST,
+        input_data_format: str | ChannelDimension | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Preprocess one image or a batch.
@@ -122,6 +125,14 @@ class SegFaceImageProcessor(BaseImageProcessor):
                 (x, y) pixel coordinates in each original image; returned as `landmarks` in the resized frame.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"`, `"np"` or `None` (lists of numpy arrays).
+            do_convert_rgb (`bool`, *optional*):
+                Accepted for transformers' standard arguments; images are always converted to 3-channel RGB (alpha
+                dropped, grayscale replicated), which is what the model takes.
+            data_format (`str` or `ChannelDimension`, *optional*, defaults to `"channels_first"`):
+                Layout of the returned `pixel_values`: `"channels_first"` (what the model takes) or
+                `"channels_last"`.
+            input_data_format (`str` or `ChannelDimension`, *optional*):
+                Layout of array inputs, `"channels_first"` or `"channels_last"`; inferred when not given.
         """
         do_resize = self.do_resize if do_resize is None else do_resize
         size = self.size if size is None else ({"height": size, "width": size} if isinstance(size, int) else size)
@@ -133,8 +144,10 @@ class SegFaceImageProcessor(BaseImageProcessor):
         image_std = self.image_std if image_std is None else image_std
         if kwargs:
             raise TypeError(f"Unexpected arguments for SegFaceImageProcessor: {sorted(kwargs)}.")
+        data_format = ChannelDimension(data_format) if data_format is not None else ChannelDimension.FIRST
+        input_data_format = ChannelDimension(input_data_format) if input_data_format is not None else None
 
-        image_list = [to_rgb(image) for image in _as_list(images)]
+        image_list = [to_rgb(self._channels_last(image, input_data_format)) for image in _as_list(images)]
         if not image_list:
             raise SegFaceImageError("No images given.")
         original_sizes = [(image.height, image.width) for image in image_list]
@@ -157,6 +170,9 @@ class SegFaceImageProcessor(BaseImageProcessor):
                 labels.append(np.asarray(label_map).astype(np.int64))
             data["labels"] = labels
 
+        if data_format == ChannelDimension.LAST:
+            data["pixel_values"] = [array.transpose(1, 2, 0) for array in pixel_values]
+
         if landmarks is not None:
             points = self._landmark_list(landmarks, len(image_list))
             data["landmarks"] = [
@@ -170,6 +186,16 @@ class SegFaceImageProcessor(BaseImageProcessor):
                 raise SegFaceImageError(f"Cannot batch images of different sizes {sorted(shapes)} with do_resize=False.")
             data = {key: np.stack(value) for key, value in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors if return_tensors in ("pt", "np") else None)
+
+    @staticmethod
+    def _channels_last(image, input_data_format):
+        """An array image in HWC layout when its layout is given as channels-first; anything else as it is."""
+        if input_data_format != ChannelDimension.FIRST or isinstance(image, (str, os.PathLike, PIL.Image.Image)):
+            return image
+        if torch is not None and isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        array = np.asarray(image)
+        return array.transpose(1, 2, 0) if array.ndim == 3 else array
 
     @staticmethod
     def _landmark_list(landmarks, batch_size: int) -> list[np.ndarray]:
@@ -193,7 +219,7 @@ class SegFaceImageProcessor(BaseImageProcessor):
             raise SegFaceImageError("landmarks contain NaN or infinity.")
         return points
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list:
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False) -> list:
         """Turn model outputs into one label map per image.
 
         Args:
@@ -202,9 +228,13 @@ class SegFaceImageProcessor(BaseImageProcessor):
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 (height, width) per image, e.g. the original image sizes. The logits are bilinearly resized to each
                 before the argmax; without it the maps are at the model resolution.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Whether to return, per image, a `SemanticSegmentationPostProcessorOutput` holding the label map
+                (`segmentation`) and the logits at the same size (`segmentation_scores`, `(num_labels, height,
+                width)`, bilinearly resized like the label map's) instead of the label map alone.
 
         Returns:
-            `list[torch.LongTensor]`: a `(height, width)` label map per image.
+            `list[torch.LongTensor]`: a `(height, width)` label map per image (or the outputs described above).
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         if target_sizes is not None and len(target_sizes) != len(logits):
@@ -216,7 +246,20 @@ class SegFaceImageProcessor(BaseImageProcessor):
             else:
                 height, width = (int(v) for v in target_sizes[index])
                 results.append(resized_argmax(logits[index], (height, width)))
-        return results
+        if not return_segmentation_scores:
+            return results
+        import torch.nn.functional as F
+        from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+
+        scored = []
+        for index, label_map in enumerate(results):
+            scores = logits[index]
+            if tuple(scores.shape[1:]) != tuple(label_map.shape):
+                scores = F.interpolate(scores[None], size=tuple(label_map.shape), mode="bilinear",
+                                       align_corners=False)[0]  # fmt: skip
+            scored.append(SemanticSegmentationPostProcessorOutput({"segmentation": label_map,
+                                                                   "segmentation_scores": scores}))  # fmt: skip
+        return scored
 
 
 def _bilinear_taps(output_size: int, input_size: int, device) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:

@@ -10,7 +10,9 @@ from torch import nn
 from transformers import AutoBackbone, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .fast_path_segface import segment as fast_path_segment
 from .configuration_segface import SegFaceConfig
@@ -47,6 +49,15 @@ class SegFaceTimmBackbone(nn.Module):
             # Drop the blocks and head that no tap needs, so they are neither stored nor run.
             self.model.prune_intermediate_layers(self.out_indices, prune_head=True)
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether timm checkpoints the model's blocks (set by `gradient_checkpointing_enable`)."""
+        return bool(getattr(self.model, "grad_checkpointing", False))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.model.set_grad_checkpointing(enable)
+
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         if self.final_features_as_last_tap:
             final, taps = self.model.forward_intermediates(pixel_values, indices=self.out_indices)
@@ -75,6 +86,9 @@ class SegFaceBackbone(nn.Module):
                 self.channels = [backbone_config.embed_dim * 2**i for i in range(len(backbone_config.depths))]
             else:
                 self.channels = list(backbone_config.hidden_sizes)
+            # The base model's final norm follows the last stage; SegFace taps the stages before it, so the norm
+            # never runs: frozen, so that training (Trainer, DDP) does not look for its gradients.
+            self.model.layernorm.requires_grad_(False)
         else:
             self.model = AutoBackbone.from_config(backbone_config)
             self.channels = list(self.model.channels)
@@ -88,17 +102,27 @@ class SegFaceBackbone(nn.Module):
         """The four feature maps `(batch, channels, height / stride, width / stride)` for strides 4, 8, 16, 32."""
         if self.model_type == "timm_backbone":
             return self.model(pixel_values)
+        # Swin and ConvNeXt: the stage outputs (Swin's before patch merging), without the final norm or pooling of
+        # the base model; the stages are called one by one, as their encoders do (whose output-capturing wrappers
+        # strict torch.export cannot trace).
         if self.model_type == "swin":
-            # The stage outputs before patch merging, without the final norm or pooling of SwinModel.forward.
-            embeddings, dimensions = self.model.embeddings(pixel_values)
-            outputs = self.model.encoder(
-                embeddings, dimensions, output_hidden_states=True, output_hidden_states_before_downsampling=True
-            )
-            return list(outputs.reshaped_hidden_states[1:])
+            hidden_states, dimensions = self.model.embeddings(pixel_values)
+            features = []
+            for stage in self.model.encoder.layers:
+                hidden_states, before_downsampling, _ = stage(
+                    hidden_states, dimensions, output_hidden_states_before_downsampling=True
+                )
+                features.append(before_downsampling)
+                if stage.downsample is not None:
+                    dimensions = ((dimensions[0] + 1) // 2, (dimensions[1] + 1) // 2)
+            return features
         if self.model_type == "convnext":
-            embeddings = self.model.embeddings(pixel_values)
-            outputs = self.model.encoder(embeddings, output_hidden_states=True)
-            return list(outputs.hidden_states[1:])
+            hidden_states = self.model.embeddings(pixel_values)
+            features = []
+            for stage in self.model.encoder.stages:
+                hidden_states = stage(hidden_states)
+                features.append(hidden_states)
+            return features
         return list(self.model(pixel_values).feature_maps)
 
 class SegFacePositionalEmbedding(nn.Module):
@@ -106,7 +130,14 @@ class SegFacePositionalEmbedding(nn.Module):
 
     def __init__(self, config: SegFaceConfig):
         super().__init__()
-        self.register_buffer("positional_embedding", torch.randn(2, config.hidden_size // 2))
+        self.register_buffer("positional_embedding", self.initial_matrix(config.hidden_size // 2))
+
+    @staticmethod
+    def initial_matrix(num_features: int) -> torch.Tensor:
+        """The Gaussian frequencies `(2, num_features)` of a new model: N(0, 1) as in the original, drawn from a fixed
+        seed so that every initialisation (including on the meta device, by `_init_weights`) gives the same."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(2, num_features, generator=generator, device="cpu")
 
     def encode(self, height: int, width: int) -> torch.Tensor:
         """The encoding as a contiguous float32 `(1, height, width, hidden_size)` tensor."""
@@ -124,14 +155,39 @@ class SegFacePositionalEmbedding(nn.Module):
         return self.encode(height, width).permute(0, 3, 1, 2)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out: `(batch, heads, tokens, head_dim)` inputs; returns the output `(batch, tokens, heads,
+    head_dim)` and the attention probabilities `(batch, heads, query tokens, key tokens)`."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 class SegFaceAttention(nn.Module):
-    """Multi-head attention with an optional projection to a downsampled width (SAM's two-way attention)."""
+    """Multi-head attention with an optional projection to a downsampled width (SAM's two-way attention), through
+    transformers' attention interface (`config._attn_implementation`: "sdpa" by default, "eager", ...)."""
 
     def __init__(self, config: SegFaceConfig, downsample_rate: int = 1):
         super().__init__()
+        self.config = config
+        self.is_causal = False
         self.hidden_size = config.hidden_size
         self.internal_dim = config.hidden_size // downsample_rate
         self.num_attention_heads = config.num_attention_heads
+        self.scaling = (self.internal_dim // self.num_attention_heads) ** -0.5
         self.q_proj = nn.Linear(self.hidden_size, self.internal_dim)
         self.k_proj = nn.Linear(self.hidden_size, self.internal_dim)
         self.v_proj = nn.Linear(self.hidden_size, self.internal_dim)
@@ -141,17 +197,27 @@ class SegFaceAttention(nn.Module):
         batch, tokens, _ = hidden_states.shape
         return hidden_states.reshape(batch, tokens, self.num_attention_heads, -1).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return self.attend(self.q_proj(query), self.k_proj(key), self.v_proj(value))
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attended `(batch, query tokens, hidden_size)` and, with `output_attentions`, the probabilities."""
+        return self.attend(self.q_proj(query), self.k_proj(key), self.v_proj(value), output_attentions)
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention of already projected `(batch, tokens, internal_dim)` queries, keys and values, followed by the
-        output projection."""
-        attended = F.scaled_dot_product_attention(
-            self._split_heads(query), self._split_heads(key), self._split_heads(value)
-        )
-        batch, heads, tokens, head_dim = attended.shape
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
+        output projection; the probabilities `(batch, heads, query tokens, key tokens)` with `output_attentions`
+        (computed by the eager implementation, whichever is configured: the fused kernels do not expose them)."""
+        interface = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation != "eager":
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attended, weights = interface(
+            self, self._split_heads(query), self._split_heads(key), self._split_heads(value), None,
+            scaling=self.scaling, dropout=0.0,
+        )  # fmt: skip
+        batch, tokens = attended.shape[:2]
+        return self.out_proj(attended.reshape(batch, tokens, -1)), weights if output_attentions else None
 
 
 class SegFaceMLPBlock(nn.Module):
@@ -165,7 +231,7 @@ class SegFaceMLPBlock(nn.Module):
         return self.lin2(self.act(self.lin1(hidden_states)))
 
 
-class SegFaceTwoWayAttentionBlock(nn.Module):
+class SegFaceTwoWayAttentionBlock(GradientCheckpointingLayer):
     """Self-attention of the class tokens, then token-to-image attention, an MLP, and image-to-token attention."""
 
     def __init__(self, config: SegFaceConfig, skip_first_layer_pe: bool = False):
@@ -185,23 +251,35 @@ class SegFaceTwoWayAttentionBlock(nn.Module):
         """The block's first step: self-attention of the class tokens, residual and norm."""
         if self.skip_first_layer_pe:
             # As in SAM: the first block's self-attention has no residual connection.
-            queries = self.self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries)[0]
         else:
             query = queries + query_pe
-            queries = queries + self.self_attn(query, query, queries)
+            queries = queries + self.self_attn(query, query, queries)[0]
         return self.layer_norm1(queries)
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Updated class tokens `(batch, labels, hidden)` and image tokens `(batch, tokens, hidden)`."""
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Updated class tokens `(batch, labels, hidden)` and image tokens `(batch, tokens, hidden)`, and with
+        `output_attentions` the token-to-image `(batch, heads, labels, tokens)` and image-to-token `(batch, heads,
+        tokens, labels)` attention maps (else an empty tuple)."""
         queries = self.class_token_self_attention(queries, query_pe)
         keys_with_pe = keys + key_pe
-        attended = self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys)
+        attended, token_to_image = self.cross_attn_token_to_image(
+            queries + query_pe, keys_with_pe, keys, output_attentions
+        )
         queries = self.layer_norm2(queries + attended)
         queries = self.layer_norm3(queries + self.mlp(queries))
-        keys = self.layer_norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
-        return queries, keys
+        attended, image_to_token = self.cross_attn_image_to_token(
+            keys_with_pe, queries + query_pe, queries, output_attentions
+        )
+        keys = self.layer_norm4(keys + attended)
+        return queries, keys, (token_to_image, image_to_token) if output_attentions else ()
 
 
 class SegFaceTwoWayTransformer(nn.Module):
@@ -214,14 +292,25 @@ class SegFaceTwoWayTransformer(nn.Module):
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, class_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`image_embeddings` and `image_pe` are `(batch, tokens, hidden)`; the class tokens are their own PE."""
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        class_tokens: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`image_embeddings` and `image_pe` are `(batch, tokens, hidden)`; the class tokens are their own PE.
+        Returns the class tokens, the image tokens and, with `output_attentions`, every layer's token-to-image and
+        image-to-token maps followed by the final token-to-image map."""
         queries, keys = class_tokens, image_embeddings
+        attentions = ()
         for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=class_tokens, key_pe=image_pe)
-        attended = self.final_attn_token_to_image(queries + class_tokens, keys + image_pe, keys)
-        return self.layer_norm_final_attn(queries + attended), keys
+            queries, keys, maps = layer(queries, keys, class_tokens, image_pe, output_attentions)
+            attentions += maps
+        attended, final = self.final_attn_token_to_image(
+            queries + class_tokens, keys + image_pe, keys, output_attentions
+        )
+        attentions += (final,) if output_attentions else ()
+        return self.layer_norm_final_attn(queries + attended), keys, attentions
 
 
 class SegFaceLayerNorm2d(nn.Module):
@@ -270,14 +359,17 @@ class SegFaceMaskDecoder(nn.Module):
         self.activation = nn.GELU()
         self.output_hypernetwork_mlp = SegFaceFeedForward(hidden, hidden, out, config.hypernetwork_num_layers)
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Logits `(batch, num_labels, 4 * height, 4 * width)` from the fused NCHW map `(batch, hidden, height,
-        width)` and its encoding `(1, hidden, height, width)`."""
+        width)` and its encoding `(1, hidden, height, width)`, and the transformer's attention maps."""
         batch, channels, height, width = image_embeddings.shape
         class_tokens = self.class_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
         image_tokens = image_embeddings.flatten(2).transpose(1, 2)
         pe_tokens = image_pe.flatten(2).transpose(1, 2).to(image_tokens.dtype)
-        class_tokens, image_tokens = self.transformer(image_tokens, pe_tokens, class_tokens)
+        class_tokens, image_tokens, attentions = self.transformer(image_tokens, pe_tokens, class_tokens,
+                                                                  output_attentions)  # fmt: skip
 
         image_map = image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
         upscaled = self.activation(self.upscale_layer_norm(self.upscale_conv1(image_map)))
@@ -285,7 +377,7 @@ class SegFaceMaskDecoder(nn.Module):
         mask_weights = self.output_hypernetwork_mlp(class_tokens)
         _, out_channels, out_height, out_width = upscaled.shape
         logits = mask_weights @ upscaled.reshape(batch, out_channels, out_height * out_width)
-        return logits.reshape(batch, -1, out_height, out_width)
+        return logits.reshape(batch, -1, out_height, out_width), attentions
 
 
 def segface_loss(
@@ -329,17 +421,29 @@ def segface_loss(
 class SegFacePreTrainedModel(PreTrainedModel):
     config_class = SegFaceConfig
     config: SegFaceConfig
-    base_model_prefix = "segface"
+    # The backbone is the part that a checkpoint of its own (e.g. ImageNet weights) can fill.
+    base_model_prefix = "backbone"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = []
+    _supports_flash_attn = False
+    _supports_attention_backend = True
+    _no_split_modules = ["SegFaceTwoWayAttentionBlock"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         std = self.config.initializer_range
         if isinstance(module, SegFacePositionalEmbedding):
-            init.normal_(module.positional_embedding, std=1.0)
+            init.copy_(module.positional_embedding, module.initial_matrix(module.positional_embedding.shape[1]))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):  # timm's BatchNormAct2d too
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             init.normal_(module.weight, std=std)
             if module.bias is not None:
@@ -390,22 +494,26 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
             projected.append(F.interpolate(feature, size=target_size, mode="bilinear", align_corners=False))
         return self.feature_fusion(torch.cat(projected[::-1], dim=1))
 
-    def segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits at 4x the stride-4 grid and the four backbone feature maps; `self.fast_path` (the one switch)
-        picks [`fast_path_segface.segment`] or the modules' own computation."""
+    def segment(
+        self, pixel_values: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """Logits at 4x the stride-4 grid, the four backbone feature maps and the decoder's attention maps;
+        `self.fast_path` (the one switch) picks [`fast_path_segface.segment`] or the modules' own computation."""
         if self.fast_path:
-            return fast_path_segment(self, pixel_values)
+            return fast_path_segment(self, pixel_values, output_attentions)
         features = self.backbone(pixel_values)
         fused = self.fuse_features(features)
         image_pe = self.positional_embedding(fused.shape[2], fused.shape[3])
-        return self.mask_decoder(fused, image_pe), features
+        logits, attentions = self.mask_decoder(fused, image_pe, output_attentions)
+        return logits, features, attentions
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         landmarks: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> tuple | SemanticSegmenterOutput:
@@ -419,8 +527,14 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
                 Five (x, y) face landmarks per image in the pixel frame of `pixel_values`: image-left eye,
                 image-right eye, nose tip, image-left and image-right mouth corners. Required when
                 `config.use_face_warp` is set (the LaPa models), ignored otherwise.
-            output_hidden_states (`bool`, *optional*):
-                Whether to return the four backbone feature maps as `hidden_states`.
+            output_hidden_states (`bool` or `list[int]`, *optional*):
+                Whether to return the four backbone feature maps (strides 4, 8, 16, 32) as `hidden_states`; a list
+                of indices returns only those (the others are None).
+            output_attentions (`bool`, *optional*):
+                Whether to return the two-way transformer's attention maps as `attentions`: for every layer the
+                token-to-image map `(batch_size, num_heads, num_labels, tokens)` and the image-to-token map
+                `(batch_size, num_heads, tokens, num_labels)`, then the final token-to-image map, where `tokens` is
+                the stride-4 grid in row-major order. They are computed by the eager attention.
             return_dict (`bool`, *optional*):
                 Whether to return a [`~transformers.modeling_outputs.SemanticSegmenterOutput`] or a tuple.
 
@@ -432,6 +546,7 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
                 f"pixel_values must have shape (batch_size, 3, height, width), got {tuple(pixel_values.shape)}."
@@ -441,9 +556,9 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
             raise ValueError(f"SegFace needs inputs of at least 32x32 pixels, got {height}x{width}.")
 
         if self.config.use_face_warp:
-            logits, features = self._segment_with_face_warp(pixel_values, landmarks)
+            logits, features, attentions = self._segment_with_face_warp(pixel_values, landmarks, output_attentions)
         else:
-            logits, features = self.segment(pixel_values)
+            logits, features, attentions = self.segment(pixel_values, output_attentions)
         if logits.shape[2:] != (height, width):
             # Inputs whose sides are not multiples of 4: the decoder works at 4x the stride-4 grid.
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
@@ -463,15 +578,20 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
                 ignore_index=self.config.loss_ignore_index,
             )
 
-        hidden_states = tuple(features) if output_hidden_states else None
+        hidden_states = None
+        if isinstance(output_hidden_states, (list, tuple)):
+            kept = {index % len(features) for index in output_hidden_states}
+            hidden_states = tuple(f if i in kept else None for i, f in enumerate(features))
+        elif output_hidden_states:
+            hidden_states = tuple(features)
+        attentions = attentions if output_attentions else None
         if not return_dict:
-            output = (logits,) + ((hidden_states,) if output_hidden_states else ())
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
 
     def _segment_with_face_warp(
-        self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, ...]]:
         batch, _, height, width = pixel_values.shape
         if landmarks is None:
             raise ValueError(
@@ -485,10 +605,10 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         matrix = face_alignment_matrix(landmarks.to(pixel_values.device, torch.float32), size)
         warp = face_warp_grid(matrix, self.config.face_warp_factor, size, (height, width))
         warped = F.grid_sample(pixel_values, warp.to(pixel_values.dtype), mode="bilinear", align_corners=False)
-        logits, features = self.segment(warped)
+        logits, features, attentions = self.segment(warped, output_attentions)
         unwarp = face_unwarp_grid(matrix, self.config.face_warp_factor, size, (height, width))
         logits = F.grid_sample(logits, unwarp.to(logits.dtype), mode="bilinear", align_corners=False)
-        return logits, features
+        return logits, features, attentions
 
 
 __all__ = ["SegFaceForSemanticSegmentation", "SegFacePreTrainedModel"]

@@ -189,6 +189,32 @@ def test_post_process_returns_label_maps_at_requested_sizes(processor):
     assert native[0].shape == (8, 8)
 
 
+def test_standard_arguments_data_formats_and_four_channel_input(processor):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    expected = processor(rgba[..., :3])["pixel_values"]  # alpha is dropped
+    channels_first = np.ascontiguousarray(rgba.transpose(2, 0, 1))
+    given = processor(channels_first, input_data_format="channels_first", do_convert_rgb=True)["pixel_values"]
+    assert torch.equal(given, expected)
+    assert torch.equal(processor(rgba, input_data_format="channels_last")["pixel_values"], expected)
+    last = processor(rgba, data_format="channels_last")["pixel_values"]
+    assert torch.equal(last, expected.permute(0, 2, 3, 1))
+
+
+def test_post_process_with_segmentation_scores_returns_the_resized_logits(processor):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    maps = processor.post_process_semantic_segmentation(logits, target_sizes=[(16, 20), (8, 8)])
+    scored = processor.post_process_semantic_segmentation(
+        logits, target_sizes=[(16, 20), (8, 8)], return_segmentation_scores=True
+    )
+    expected = torch.nn.functional.interpolate(logits[:1], size=(16, 20), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(scored[0].segmentation, maps[0]) and torch.equal(scored[1].segmentation, maps[1])
+    assert torch.equal(scored[0].segmentation_scores, expected)
+    assert torch.equal(scored[1].segmentation_scores, logits[1])  # already at the requested size
+    assert torch.equal(scored[0].segmentation_scores.argmax(0), maps[0])
+
+
 def test_banded_resize_matches_interpolate():
     """The large-target path (forced by a small chunk) gives F.interpolate's argmax exactly, both on noisy logits
     (whole bands interpolated) and on smooth ones (only the class borders interpolated)."""
