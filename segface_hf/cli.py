@@ -48,8 +48,8 @@ def _add_predict_parser(subparsers) -> None:
         "and one label map per face) and summary.json. Inputs that fail are reported in one line each; the exit "
         "status is 1 if any input failed.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or "
-                        "glob patterns (quote them, e.g. 'photos/**/*.jpg')")  # fmt: skip
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (searched recursively) or "
+                        "glob patterns (quote them, e.g. 'photos/**/*.jpg'); or use --dataset")  # fmt: skip
     parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
     parser.add_argument("--output-dir", required=True, help="folder for the outputs (created if needed)")
     parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg and legend.png")
@@ -67,30 +67,73 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="parse every input again (default: skip the inputs whose complete outputs exist)")  # fmt: skip
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers that decode images and detect faces (default: 0, in the process)")  # fmt: skip
+    data = parser.add_argument_group("datasets in and out")
+    data.add_argument("--dataset", metavar="NAME_OR_PATH",
+                      help="parse the rows of a dataset instead of INPUTs: a save_to_disk folder, a .parquet file, a "
+                      "data folder or a Hub dataset id")  # fmt: skip
+    data.add_argument("--split", default="train", help="the dataset split to parse (default: train)")
+    data.add_argument("--image-column", default="image", help="the column holding the images (default: image)")
+    data.add_argument("--id-column", help="the column naming each row (default: image_id or id if present, else the "
+                      "row number)")  # fmt: skip
+    data.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it whole")
+    data.add_argument("--output-format", default="files", choices=["files", "dataset"],
+                      help="files: PNGs and summary.json; dataset: parquet shards under data/ that "
+                      "datasets.load_dataset(OUTPUT_DIR) opens (default: files)")  # fmt: skip
+    data.add_argument("--shard-rows", type=int, default=1000, help="rows per parquet shard (default: 1000)")
+    data.add_argument("--push-to-hub", metavar="REPO_ID",
+                      help="upload the dataset (--output-format dataset) to this Hub dataset repo when done")  # fmt: skip
+    data.add_argument("--public", action="store_true", help="create the --push-to-hub repo public (default: private)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args) -> int:
+    from .inference.bulk import current_processes
     from .inference.loading import load_model
     from .inference.predict import SegFacePredictOptions, predict
 
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
                                     if_no_face=args.if_no_face, alpha=args.alpha,
-                                    min_face_size=args.min_face_size)  # fmt: skip
+                                    min_face_size=args.min_face_size, overwrite=args.overwrite,
+                                    num_workers=args.num_workers, output_format=args.output_format,
+                                    shard_rows=args.shard_rows)  # fmt: skip
     options.check()
+    if bool(args.inputs) == bool(args.dataset):
+        raise ValueError("give either INPUT files, folders or patterns, or --dataset, not both."
+                         if args.inputs else "nothing to parse: give INPUT files, folders or patterns, or --dataset.")  # fmt: skip
+    if args.push_to_hub and args.output_format != "dataset":
+        raise ValueError("--push-to-hub uploads a dataset: add --output-format dataset.")
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
         disable_progress_bars()
-    model, processor = load_model(args.model, device=args.device)
-    summary = predict(args.inputs, model, processor, args.output_dir, options=options, model_name=args.model,
-                      progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr))  # fmt: skip
-    print(f"segface predict: {summary.succeeded} succeeded, {summary.failed} failed; outputs and summary.json in "
-          f"{args.output_dir}")  # fmt: skip
+    processes = current_processes()
+    inputs = args.inputs
+    if args.dataset:
+        from .inference.dataset_io import dataset_source
+
+        inputs = dataset_source(args.dataset, split=args.split, image_column=args.image_column,
+                                id_column=args.id_column, streaming=args.streaming)  # fmt: skip
+    model, processor = load_model(args.model, device=processes.device(args.device))
+    summary = predict(inputs, model, processor, args.output_dir, options=options, model_name=args.model,
+                      progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr),
+                      processes=processes)  # fmt: skip
+    if processes.is_main:
+        skipped = f", {summary.skipped} skipped (already parsed)" if summary.skipped else ""
+        print(f"segface predict: {summary.succeeded} succeeded, {summary.failed} failed{skipped}; outputs and "
+              f"summary.json in {args.output_dir}")  # fmt: skip
+        if args.push_to_hub:
+            from .inference.dataset_io import push_parses_to_hub
+
+            url = push_parses_to_hub(args.output_dir, args.push_to_hub, private=not args.public)
+            print(f"segface predict: uploaded to {url}" + ("" if args.public else " (private)"))
     return 1 if summary.failed else 0
 
 

@@ -3,6 +3,7 @@ and every label map through `to_label_map`, once, and is passed on as the PIL im
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -29,7 +30,7 @@ def _describe(source) -> str:
 
 
 def load_image(source) -> PIL.Image.Image:
-    """Open an image path (or take a PIL image) and return it upright (EXIF orientation applied), fully decoded."""
+    """Open an image path or encoded bytes (or take a PIL image) and return it upright (EXIF orientation applied), fully decoded."""
     if isinstance(source, PIL.Image.Image):
         image = source
     elif isinstance(source, (str, os.PathLike)):
@@ -44,8 +45,20 @@ def load_image(source) -> PIL.Image.Image:
             raise SegFaceImageError(f"{source}: not an image file PIL can read.") from error
         except (OSError, SyntaxError, ValueError) as error:
             raise SegFaceImageError(f"{source}: corrupt or truncated image ({error}).") from error
+    elif isinstance(source, (bytes, bytearray)) or (isinstance(source, dict) and source.get("bytes") is not None):
+        # encoded bytes, or a `datasets` Image feature left undecoded ({"bytes": ..., "path": ...})
+        data = source if isinstance(source, (bytes, bytearray)) else source["bytes"]
+        try:
+            image = PIL.Image.open(io.BytesIO(data))
+            image.load()
+        except PIL.UnidentifiedImageError as error:
+            raise SegFaceImageError("not an image PIL can read.") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            raise SegFaceImageError(f"corrupt or truncated image ({error}).") from error
+    elif isinstance(source, dict) and source.get("path"):
+        return load_image(source["path"])
     else:
-        raise SegFaceImageError(f"Expected a path or a PIL image, got {_describe(source)}.")
+        raise SegFaceImageError(f"Expected a path, encoded bytes or a PIL image, got {_describe(source)}.")
     try:
         return PIL.ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:

@@ -77,8 +77,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _built_dataset_name(output_dir: Path) -> str:
     from ..data import REPORT_FILE
 
-    report = read_json(output_dir / REPORT_FILE, ValueError, what="build report (not a folder this command wrote)")
-    return report.get("builder", "")
+    if not (output_dir / REPORT_FILE).is_file():
+        raise ValueError(f"{output_dir} is not a folder written by `segface build-dataset` (no {REPORT_FILE}).")
+    return read_json(output_dir / REPORT_FILE).get("builder", "")
 
 
 def _push(args: argparse.Namespace) -> None:

@@ -57,6 +57,17 @@ def push_dataset_to_hub(
             f"{folder} is not a dataset folder written by the builder (needs README.md, {DATA_DIR}/ and {REPORT_FILE})."
         )
     builder = json.loads(report_path.read_text(encoding="utf-8")).get("builder", "dataset")
+    return upload_dataset_folder(folder, repo_id, private=private, token=token, endpoint=endpoint,
+                                 commit_message=commit_message or f"Upload {builder} built with segface-hf",
+                                 ignore_patterns=NOT_UPLOADED,
+                                 delete_patterns=[f"{DATA_DIR}/*", "README.md", ID2LABEL_FILE])  # fmt: skip
+
+
+def upload_dataset_folder(folder: Path, repo_id: str, *, private: bool, token: str | None, endpoint: str | None,
+                          commit_message: str, delete_patterns: list[str], ignore_patterns: list[str] | None = None,
+                          allow_patterns: list[str] | None = None) -> str:  # fmt: skip
+    """Upload `folder` to the dataset repo `repo_id` in one commit (created if needed; with `private`, an existing
+    public repo is refused), replacing the repo files matching `delete_patterns`; returns the repo URL."""
     api = HfApi(endpoint=endpoint, token=token)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     if private:
@@ -66,12 +77,7 @@ def push_dataset_to_hub(
                 f"dataset repo {url.repo_id} already exists and is public; make it private on the Hub or choose "
                 "another repo before uploading licensed data."
             )
-    api.upload_folder(
-        repo_id=url.repo_id,
-        repo_type="dataset",
-        folder_path=folder,
-        commit_message=commit_message or f"Upload {builder} built with segface-hf",
-        ignore_patterns=NOT_UPLOADED,
-        delete_patterns=[f"{DATA_DIR}/*", "README.md", ID2LABEL_FILE],
-    )
+    api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=folder, commit_message=commit_message,
+                      allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+                      delete_patterns=delete_patterns)  # fmt: skip
     return str(url)
