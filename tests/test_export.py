@@ -214,3 +214,24 @@ def test_export_module_names_the_formats_it_checks():
     assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8"]
     assert {f.hub_path for f in EXPORT_FORMATS.values()} == {
         "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx"}  # fmt: skip
+
+
+def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_model, tmp_path):
+    from segface_hf import SegFaceConfig
+    from segface_hf.release.model_card import build_model_card, check_model_card
+    from segface_hf.release.publishing import export_into_repo
+
+    folder = tmp_path / "repo"
+    shutil.copytree(saved_model, folder)
+    with pytest.raises(SegFaceExportError, match="unsupported export format 'coreml'"):
+        export_into_repo(folder, ["onnx-fp16", "coreml"])
+    assert not (folder / "onnx").exists()  # the bad name is refused before anything is exported
+    (result,) = export_into_repo(folder, ["onnx-fp16"])
+    assert result.path == folder / "onnx" / "model_fp16.onnx" and result.path.is_file()
+    assert [p.name for p in (folder / "onnx").iterdir()] == ["model_fp16.onnx"]
+    config = SegFaceConfig.from_pretrained(folder)
+    card = build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512", exports=[result])
+    check_model_card(card)
+    row = next(line for line in card.splitlines() if line.startswith("| `onnx/model_fp16.onnx` |"))
+    assert "| onnx-fp16 |" in row and f"{result.fidelity.argmax_agreement:.4f} (2 faces)" in row
+    assert "## Exports" not in build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512")
