@@ -42,7 +42,7 @@ def _run_convert(args) -> int:
 def _add_predict_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="parse the faces in images, folders or glob patterns",
+        help="parse the faces in images, videos, folders or glob patterns",
         description="Detect the faces of each image, parse each one in the framing the model was trained on, and "
         "write a label PNG per image at its original size (plus, on request, a coloured overlay, one mask per class "
         "and one label map per face) and summary.json. Inputs that fail are reported in one line each; the exit "
@@ -67,6 +67,24 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
     )
+    parser.add_argument("--rotations", default="auto", choices=["auto", "always", "never"],
+                        help="search for rotated faces: auto (only when the upright pass finds none or finds rolled "
+                        "faces; fast on upright photos), always (every photo turned in 45-degree steps), never "
+                        "(default: auto)")  # fmt: skip
+    video = parser.add_argument_group("videos", "inputs with a video extension (.mp4, .mov, .mkv, ...) are parsed "
+                                      "frame by frame with tracked faces; see docs/video.md")  # fmt: skip
+    video.add_argument("--video-labels", default="video", choices=["video", "png", "none"],
+                       help="per video: a lossless label video, a folder of label PNGs, or neither (default: video)")  # fmt: skip
+    video.add_argument("--detect-every", type=int, default=1,
+                       help="run the detector every k-th frame, tracking in between (default: 1)")  # fmt: skip
+    video.add_argument("--stabilize", default="polynomial", choices=["polynomial", "one-euro", "none"],
+                       help="steady each face's landmarks over time (default: polynomial, a look-ahead fit)")  # fmt: skip
+    video.add_argument("--window", type=int, default=10,
+                       help="frames on either side for --stabilize polynomial (default: 10)")  # fmt: skip
+    video.add_argument("--label-smoothing", type=float, default=0.0,
+                       help="momentum in [0, 1) of the class-probability average along a track (default: 0, off)")  # fmt: skip
+    video.add_argument("--cut-threshold", type=float, default=0.3,
+                       help="colour histogram distance that counts as a scene cut (default: 0.3)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true",
                         help="parse every input again (default: skip the inputs whose complete outputs exist)")  # fmt: skip
     parser.add_argument("--num-workers", type=int, default=0,
@@ -95,13 +113,17 @@ def _run_predict(args) -> int:
     from .inference.bulk import current_processes
     from .inference.loading import load_model
     from .inference.predict import SegFacePredictOptions, predict
+    from .inference.video import SegFaceVideoOptions
 
+    video = SegFaceVideoOptions(detect_every=args.detect_every, stabilize=args.stabilize, window=args.window,
+                                label_smoothing=args.label_smoothing, cut_threshold=args.cut_threshold)  # fmt: skip
     options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
                                     batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
                                     if_no_face=args.if_no_face, alpha=args.alpha,
                                     min_face_size=args.min_face_size, overwrite=args.overwrite,
                                     num_workers=args.num_workers, output_format=args.output_format,
-                                    shard_rows=args.shard_rows)  # fmt: skip
+                                    shard_rows=args.shard_rows, rotations=args.rotations, video=video,
+                                    video_labels=args.video_labels)  # fmt: skip
     options.check()
     if bool(args.inputs) == bool(args.dataset):
         raise ValueError("give either INPUT files, folders or patterns, or --dataset, not both."

@@ -126,3 +126,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_clip(path, frames, fps=25, audio=True, rotation=0, times_ms=None, faststart=False):
+    """Encode upright frames with PyAV (H.264, optional AAC tone, explicit millisecond time stamps); with a display
+    rotation they are stored turned back (clockwise), as a phone stores a video it shot sideways."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    frames = [image.rotate(-rotation, expand=True) for image in frames]
+    options = {"movflags": "faststart"} if faststart else {}
+    container = av.open(str(path), "w", options=options)
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+    stream.codec_context.time_base = fractions.Fraction(1, 1000)
+    if rotation:
+        stream.set_display_rotation(rotation)
+    sound = container.add_stream("aac", rate=16000) if audio else None
+    if sound is not None:
+        sound.layout = "mono"
+    for index, image in enumerate(frames):
+        frame = av.VideoFrame.from_image(image)
+        frame.pts = times_ms[index] if times_ms else round(index * 1000 / fps)
+        frame.time_base = fractions.Fraction(1, 1000)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    if sound is not None:
+        samples = int(16000 * len(frames) / fps)
+        for start in range(0, samples, 1024):
+            tone = (0.3 * np.sin(np.arange(start, start + 1024) / 8.0)).astype(np.float32)[None]
+            chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, start
+            container.mux(sound.encode(chunk))
+        container.mux(sound.encode())
+    container.close()

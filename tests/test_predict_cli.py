@@ -123,7 +123,10 @@ def test_batching_gives_the_same_labels(tiny_model, tmp_path, capsys):
         assert code == 0, stderr
         results[batch] = {name: _labels(out / f"{name}.png") for name in SHARED_PHOTOS}
     for name in SHARED_PHOTOS:
-        assert np.array_equal(results[1][name], results[3][name])
+        # Batches of 1 and 3 crops run different float kernels (logits agree to ~1e-6), which may flip a pixel whose
+        # two best classes tie; a crop mixed up between faces or images would change thousands.
+        assert results[1][name].shape == results[3][name].shape
+        assert (results[1][name] != results[3][name]).sum() <= 5
 
 
 def test_globs_and_name_clashes(tiny_model, tmp_path, capsys):
@@ -164,7 +167,7 @@ def test_folder_without_images(tiny_model, good, tmp_path, capsys):
     bad.mkdir()
     (bad / "notes.txt").write_text("no pictures here")
     code, _, stderr = run(capsys, good, bad, "--model", tiny_model, "--output-dir", tmp_path / "out", "--no-detect")
-    _check_one_failure(code, stderr, tmp_path / "out", bad, "no images in this folder")
+    _check_one_failure(code, stderr, tmp_path / "out", bad, "no images or videos in this folder")
 
 
 def test_corrupt_image(tiny_model, good, tmp_path, capsys):
@@ -308,3 +311,18 @@ def test_usage_errors(tiny_model, good, tmp_path, capsys, monkeypatch):
     assert code == 2 and 'pip install "segface-hf[faces]"' in stderr and stderr.count("\n") == 1
     code, _, stderr = run(capsys, good, "--model", tiny_model, "--output-dir", tmp_path / "out3", "--no-detect")
     assert code == 0, stderr  # detection is not needed for aligned crops
+
+
+def test_a_photo_turned_sideways_is_parsed_with_its_roll(tiny_model, tmp_path, capsys):
+    photo = PIL.Image.open(require_shared("images", "grace_hopper.jpg")).convert("RGB")
+    path = tmp_path / "sideways.jpg"
+    photo.transpose(PIL.Image.Transpose.ROTATE_90).save(path, quality=95)  # counterclockwise: a roll of -90
+    code, _, stderr = run(capsys, path, "--model", tiny_model, "--output-dir", tmp_path / "out", "--rotations", "auto")
+    assert code == 0, stderr
+    record = _summary(tmp_path / "out")["inputs"][0]
+    assert record["mode"] == "faces" and len(record["faces"]) == 1 and record["dropped_faces"] == []
+    face = record["faces"][0]
+    assert abs(face["roll"] + 90) < 15 and face["found_in"] == "turned-270" and isinstance(face["refined"], bool)
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, path, "--model", tiny_model, "--output-dir", tmp_path / "out", "--rotations", "up")
+    assert exit_info.value.code == 2 and "--rotations" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO_ROOT, parity_module, require_shared, tiny_config
+from conftest import REPO_ROOT, parity_module, require_shared, tiny_config, write_clip
 from hub_standin import hub_standin  # noqa: F401  (the fixture)
 
 SPACE_DIR = REPO_ROOT / "spaces" / "segface"
@@ -160,6 +160,16 @@ def test_two_faces(client):
     assert (labels[:, 460:645] == 0).all()  # between the two crops: background
 
 
+def test_a_sideways_face_shows_its_roll(client, tmp_path):
+    path = tmp_path / "sideways.png"
+    PIL.Image.open(EXAMPLES_DIR / "grace_hopper.jpg").transpose(PIL.Image.Transpose.ROTATE_90).save(path)
+    result = _parse(client, path)
+    _check_result(result, path, 1)
+    summary = result[6]
+    roll = int(summary.split("Face 1 is rolled by ")[1].split("°")[0])
+    assert abs(roll + 90) < 15 and "(found turned-270)" in summary
+
+
 def test_no_face(client, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -293,3 +303,27 @@ def test_model_menu_entries(tmp_path):
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelUnavailableError, match="could not be loaded.*SEGFACE_MODEL="):
         ModelRegistry(str(corrupt)).get()
+
+
+def test_video_tab(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    photo = PIL.Image.open(EXAMPLES_DIR / "grace_hopper.jpg").convert("RGB")
+    frames = []
+    for index in range(6):
+        canvas = PIL.Image.new("RGB", (320, 240), (90, 110, 100))
+        canvas.paste(photo.resize((150, 176)), (80 + 3 * index, 30))
+        frames.append(canvas)
+    write_clip(tmp_path / "clip.mp4", frames)
+    result, summary = client.predict(handle_file(str(tmp_path / "clip.mp4")), MODEL_LABEL, api_name="/parse_video")
+    video = result["video"] if isinstance(result, dict) else result
+    import av
+
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].frames == 6 and container.streams.audio
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (320, 240)
+    assert summary.startswith("6 frames (320x240") and "1 face track" in summary
+    write_clip(tmp_path / "long.mp4", [PIL.Image.new("RGB", (32, 32))] * 12, fps=1, audio=False)
+    with pytest.raises(AppError, match=r"12.0 s long; the demo parses clips of up to 10 s"):
+        client.predict(handle_file(str(tmp_path / "long.mp4")), MODEL_LABEL, api_name="/parse_video")

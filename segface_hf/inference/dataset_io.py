@@ -25,7 +25,7 @@ import PIL.Image
 from ..errors import error_summary
 from .bulk import SegFaceProcesses
 from .faces import SegFaceMissingDependencyError
-from .predict import STAGING_PREFIX, SegFaceInput, SegFaceInputSource, SegFaceUsageError, save_label_png
+from .predict import STAGING_PREFIX, SegFaceInput, SegFaceInputSource, SegFaceUsageError, save_label_png, unique_name
 
 DATA_DIR = "data"
 ID_COLUMNS = ("image_id", "id")
@@ -46,7 +46,8 @@ def _load(name_or_path: str, split: str, streaming: bool):
                 splits = ", ".join(loaded)
                 raise SegFaceUsageError(f"--dataset {name_or_path} has no split {split!r} (it has {splits}).")
             loaded = loaded[split]
-        return loaded.to_iterable_dataset() if streaming else loaded
+        # as a stream, in shards that processes and DataLoader workers can split between them
+        return loaded.to_iterable_dataset(num_shards=max(1, min(len(loaded), 64))) if streaming else loaded
     if path.is_file() and path.suffix == ".parquet":
         return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, streaming=streaming)
     return datasets.load_dataset(str(path) if path.exists() else name_or_path, split=split, streaming=streaming)
@@ -113,7 +114,8 @@ def dataset_source(name_or_path: str, split: str = "train", image_column: str = 
         if len(set(ids)) != len(ids):
             raise SegFaceUsageError(f"the ids of --dataset {name_or_path} (column {id_column!r}) are not unique; "
                                     "choose a unique --id-column.")  # fmt: skip
-        items = [SegFaceInput(path=None, name=_output_name(image_id), key=image_id,
+        names: set[str] = set()
+        items = [SegFaceInput(path=None, name=unique_name(_output_name(image_id), names), key=image_id,
                               image=_RowImage(dataset, index, image_column)) for index, image_id in enumerate(ids)]  # fmt: skip
         return SegFaceInputSource(items=items, split=split)
 

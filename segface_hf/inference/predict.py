@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..errors import SegFaceError, error_summary
 from .faces import (
     FRAMINGS,
+    ROTATIONS,
     SegFaceFaceDetector,
     SegFaceImagePlan,
     SegFaceParsingResult,
@@ -51,6 +52,9 @@ from .bulk import (
     remove_shards,
     shard_paths,
 )
+from .video import SegFaceVideoOptions, SegFaceVideoOptionsError
+from .video_io import VIDEO_EXTENSIONS, SegFaceVideoError, is_video_path
+from .video_outputs import LABEL_OUTPUTS, SegFaceVideoOutputOptions, predict_video
 from ..image_io import SegFaceImageError, load_image, to_rgb
 from .visualization import class_areas, legend, overlay, palette_for
 
@@ -145,7 +149,18 @@ def summary_dict(records: Sequence[dict], model_name: str, config) -> dict:
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """An image or a video file name (videos are parsed by [`predict_video`])."""
+    return (path.suffix.lower() in IMAGE_EXTENSIONS or is_video_path(path)) and not path.name.startswith(".")
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`, ... if an earlier input took it (compared case-insensitively, as file systems
+    may); the result is added to `taken`."""
+    unique, counter = name, 2
+    while unique.lower() in taken:  # two inputs with the same name (e.g. a/x.jpg and b/x.png) get x, x-2, ...
+        unique, counter = f"{name}-{counter}", counter + 1
+    taken.add(unique.lower())
+    return unique
 
 
 def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]]:
@@ -165,16 +180,13 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[SegFaceInput], list[dict]
         if key in seen:
             return
         seen.add(key)
-        unique, counter = name, 2
-        while unique.lower() in names:  # two inputs with the same name (e.g. a/x.jpg and b/x.png) get x, x-2, ...
-            unique, counter = f"{name}-{counter}", counter + 1
-        names.add(unique.lower())
-        inputs.append(SegFaceInput(path=path, name=unique))
+        inputs.append(SegFaceInput(path=path, name=unique_name(name, names)))
 
     def add_folder(folder: Path, spec: str) -> None:
         found = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_name(p))
         if not found:
-            failures.append(_failure(spec, f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
+            extensions = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            failures.append(_failure(spec, f"no images or videos in this folder (looked for {extensions})"))
         for path in found:
             add(path, path.relative_to(folder).with_suffix("").as_posix())
 
@@ -278,6 +290,7 @@ def _record(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingRe
         "height": image.height,
         "mode": result.mode,
         "faces": faces,
+        "dropped_faces": [face.to_dict() for face in result.dropped],
         "outputs": outputs,
         "class_fractions": {name: round(a["fraction"], 6) for name, a in areas.items() if a["pixels"]},
     }
@@ -301,6 +314,8 @@ class SegFacePredictOptions:
         if_no_face (`str`, *optional*, defaults to `"error"`): `error` fails the input, `whole-image` parses it whole.
         alpha (`float`, *optional*, defaults to 0.5): overlay opacity.
         min_face_size (`int`, *optional*, defaults to 20): the detector's smallest face, in pixels.
+        rotations (`str`, *optional*, defaults to `"auto"`): the detector's search for rotated faces (`auto`,
+            `always`, `never`; see [`~segface_hf.inference.faces.SegFaceFaceDetector`]).
         overwrite (`bool`, *optional*, defaults to `False`): parse every input again; by default inputs whose
             complete outputs exist (from an earlier, possibly interrupted run) are skipped.
         output_format (`str`, *optional*, defaults to `"files"`): `files` (PNGs) or `dataset` (parquet shards that
@@ -308,6 +323,10 @@ class SegFacePredictOptions:
         num_workers (`int`, *optional*, defaults to 0): DataLoader worker processes that decode the images and
             detect the faces while the model runs (0: all in this process).
         shard_rows (`int`, *optional*, defaults to 1000): rows per parquet shard with `output_format="dataset"`.
+        video ([`SegFaceVideoOptions`], *optional*): tracking and smoothing for video inputs (its `batch_size`,
+            `framing` and `min_face_size` are taken from these options).
+        video_labels (`str`, *optional*, defaults to `"video"`): per video, a lossless label video (`video`), a
+            folder of label PNGs (`png`) or neither (`none`); the overlay video and tracks are always written.
     """
 
     overlay: bool = False
@@ -319,10 +338,16 @@ class SegFacePredictOptions:
     if_no_face: str = "error"
     alpha: float = 0.5
     min_face_size: int = 20
+    rotations: str = "auto"
     overwrite: bool = False
     output_format: str = "files"
     num_workers: int = 0
     shard_rows: int = 1000
+    video: SegFaceVideoOptions = field(default_factory=SegFaceVideoOptions)
+    video_labels: str = "video"
+
+    def video_options(self) -> SegFaceVideoOptions:
+        return replace(self.video, batch_size=self.batch_size, framing=self.framing, min_face_size=self.min_face_size)
 
     def check(self) -> None:
         if self.output_format not in OUTPUT_FORMATS:
@@ -343,6 +368,14 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--framing must be auto or one of {', '.join(FRAMINGS)}, got {self.framing!r}.")
         if self.if_no_face not in ("error", "whole-image"):
             raise SegFaceUsageError(f"--if-no-face must be 'error' or 'whole-image', got {self.if_no_face!r}.")
+        if self.rotations not in ROTATIONS:
+            raise SegFaceUsageError(f"--rotations must be one of {', '.join(ROTATIONS)}, got {self.rotations!r}.")
+        if self.video_labels not in LABEL_OUTPUTS:
+            raise SegFaceUsageError(f"--video-labels must be one of {', '.join(LABEL_OUTPUTS)}, got {self.video_labels!r}.")
+        try:
+            self.video_options().check()
+        except SegFaceVideoOptionsError as error:
+            raise SegFaceUsageError(str(error)) from error
 
 
 class SegFaceFileWriter:
@@ -371,6 +404,8 @@ def outputs_complete(record: dict, options: SegFacePredictOptions, output_dir: P
     if record.get("status") != "ok" or not isinstance(record.get("outputs"), dict):
         return False
     outputs = record["outputs"]
+    if record.get("kind") == "video":  # everything predict_video wrote
+        return all((output_dir / path).exists() for path in outputs.values())
     if options.output_format == "dataset":
         wanted = ["dataset"]
     else:
@@ -410,7 +445,8 @@ class _Preparer:
         if item.source in self.done:
             return item, None, None, SKIPPED
         if self.options.detect and self.detector is None:
-            self.detector = SegFaceFaceDetector(min_face_size=self.options.min_face_size, device="cpu")
+            self.detector = SegFaceFaceDetector(min_face_size=self.options.min_face_size, device="cpu",
+                                                rotations=self.options.rotations)  # fmt: skip
         try:
             image = item.load()
             plan = plan_image(image, self.model, self.processor, detector=self.detector, detect=self.options.detect,
@@ -529,10 +565,13 @@ def predict(
     processes.wait_for_everyone()
 
     skipped, total = 0, None
+    videos: list[SegFaceInput] = []
     if source.items is not None:
         todo = [item for item in source.items if item.source not in done]
         skipped, total = len(source.items) - len(todo), len(todo)
         mine = list(processes.take(todo))
+        videos = [item for item in mine if item.path is not None and is_video_path(item.path)]
+        mine = [item for item in mine if not (item.path is not None and is_video_path(item.path))]
         make_items = lambda: iter(mine)  # noqa: E731
     else:
         make_items = lambda: source.stream(processes)  # noqa: E731  (finished inputs are counted as they come)
@@ -540,7 +579,8 @@ def predict(
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
     if options.detect and options.num_workers == 0:
-        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device)
+        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device,
+                                       rotations=options.rotations)  # fmt: skip
     writer = writer_class(output_dir, config, options, split=source.split, rank=processes.rank)
     shard = SegFaceSummaryShard(output_dir, processes.rank)
     records: list[dict] = []
@@ -580,6 +620,20 @@ def predict(
                 fail(item, error_summary(error))
             start += len(plan.crops)
 
+    def parse_one_video(item: SegFaceInput) -> None:
+        if options.output_format != "files" or not options.detect:
+            return fail(item, "videos are parsed with face detection into files: drop --no-detect and "
+                        "--output-format dataset for them")  # fmt: skip
+        try:
+            found = detector or SegFaceFaceDetector(min_face_size=options.min_face_size,
+                                                    device=next(model.parameters()).device)  # fmt: skip
+            outputs = SegFaceVideoOutputOptions(overlay=True, labels=options.video_labels, alpha=options.alpha)
+            record = predict_video(item.path, item.name, model, processor, output_dir, options=options.video_options(),
+                                   outputs=outputs, detector=found, progress=progress and processes.is_main)  # fmt: skip
+        except (SegFaceVideoError, OSError, ValueError, RuntimeError, MemoryError) as error:
+            return fail(item, error_summary(error))
+        commit([{**record, "input": item.source}])
+
     pending: list[tuple[SegFaceInput, PIL.Image.Image, SegFaceImagePlan]] = []
     try:
         preparer = _Preparer(model, processor, options, framing, detector, done=done if source.items is None else set())
@@ -595,6 +649,11 @@ def predict(
             if sum(len(plan.crops) for _, _, plan in pending) >= options.batch_size:
                 finish(pending)
                 pending = []
+        if pending:
+            finish(pending)
+            pending = []
+        for item in videos:  # each video streams through the model on its own (tracks need its frames in order)
+            parse_one_video(item)
         if pending:
             finish(pending)
         commit(writer.close())
@@ -641,4 +700,5 @@ __all__ = [
     "predict",
     "prepared_inputs",
     "summary_dict",
+    "unique_name",
 ]

@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from segface_hf.inference.visualization import class_areas, colorize, overlay, p
 
 MAX_MEGAPIXELS = float(os.environ.get("SEGFACE_MAX_MEGAPIXELS", "40"))
 MIN_SIDE = 16
+ROLL_WORTH_MENTIONING = 20.0  # degrees; faces rolled less are not remarked on
 READABLE_FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 
 
@@ -85,6 +86,8 @@ class ParseOutcome:
         labels (`list[str]`): the class names in index order.
         palette (`np.ndarray`): `(num_labels, 3)` colours.
         num_faces (`int`): faces parsed (0 when the whole image was parsed as one face crop).
+        faces (list of `SegFaceFaceDetection`): the parsed faces' detections (roll angle, pass that found them).
+        dropped (list of `SegFaceDroppedFace`): detections not parsed, with the reason.
         mode (`str`): `"faces"` or `"whole-image"`.
         seconds (`float`): detection and parsing time.
         model_label (`str`): which model parsed it.
@@ -98,6 +101,8 @@ class ParseOutcome:
     mode: str
     seconds: float
     model_label: str
+    faces: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
 
     @property
     def present(self) -> list[str]:
@@ -135,10 +140,11 @@ class Parser:
             result = parse_faces(image, loaded.model, loaded.processor, detector=detector, detect=detect,
                                  if_no_face="whole-image" if whole_if_no_face else "error")  # fmt: skip
         except SegFaceNoFaceError as error:
+            dropped = "".join(f" A detection was dropped: {reason}." for reason in dropped_reasons(error.dropped))
             raise DemoInputError(
-                f"No face found in this {image.width}x{image.height} photo. Try a photo where the face is larger "
-                "and seen from the front, or tick 'Parse the whole image when no face is found' if the photo is "
-                "already a face crop."
+                f"No face found in this {image.width}x{image.height} photo.{dropped} Try a photo where the face is "
+                "larger and seen from the front, or tick 'Parse the whole image when no face is found' if the photo "
+                "is already a face crop."
             ) from error
         except SegFaceImageError as error:
             raise DemoInputError(str(error)) from error
@@ -146,8 +152,9 @@ class Parser:
         label_map = np.asarray(result.label_map)
         faces = len(result.faces) if result.mode == "faces" else 0
         return ParseOutcome(image=image, label_map=label_map, labels=loaded.labels, palette=palette_for(loaded.labels),
-                            num_faces=faces, mode=result.mode, seconds=seconds,
-                            model_label=loaded.choice.label)  # fmt: skip
+                            num_faces=faces, mode=result.mode, seconds=seconds, model_label=loaded.choice.label,
+                            faces=[face.detection for face in result.faces if face.detection is not None],
+                            dropped=list(result.dropped))  # fmt: skip
 
 
 def _shown_map(outcome: ParseOutcome, shown: list[str] | None) -> np.ndarray:
@@ -223,7 +230,24 @@ def summary(outcome: ParseOutcome) -> str:
         what = f"{outcome.num_faces} face{'s' if outcome.num_faces != 1 else ''} found and parsed"
     else:
         what = "the whole image parsed as one face crop"
+    details = "".join(f" {line}" for line in face_notes(outcome))
     return (
         f"**{what}** in {outcome.seconds:.2f} s ({width}x{height} photo, {len(outcome.present)} classes found) "
-        f"with {outcome.model_label}."
+        f"with {outcome.model_label}.{details}"
     )
+
+
+def dropped_reasons(dropped) -> list[str]:
+    """The distinct reasons of dropped detections, in order."""
+    return list(dict.fromkeys(face.reason for face in dropped))
+
+
+def face_notes(outcome: ParseOutcome) -> list[str]:
+    """Sentences about rotated faces (roll and the pass that found them) and dropped detections."""
+    notes = []
+    for index, face in enumerate(outcome.faces, start=1):
+        if abs(face.roll) >= ROLL_WORTH_MENTIONING:
+            notes.append(f"Face {index} is rolled by {face.roll:.0f}° (found {face.found_in}).")
+    for reason in dropped_reasons(outcome.dropped):
+        notes.append(f"A detection was dropped: {reason}.")
+    return notes

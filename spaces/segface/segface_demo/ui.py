@@ -11,6 +11,7 @@ import gradio as gr
 from .inference import DemoInputError, ParseOutcome, Parser, area_rows, legend_html, read_photo, render, save_label_png
 from .inference import summary as summary_line
 from .models import ModelRegistry, ModelUnavailableError
+from .video import MAX_VIDEO_SECONDS, parse_clip
 
 TITLE = "SegFace face parsing"
 INTRO = """# SegFace face parsing
@@ -97,6 +98,13 @@ def build_demo(registry: ModelRegistry, parser: Parser | None = None, examples_d
             outcome,
         )
 
+    def parse_video(path, model_label, progress=PROGRESS):
+        try:
+            loaded = registry.get(model_label)
+            return parse_clip(path, loaded, parser.detector(), outputs_dir)
+        except (DemoInputError, ModelUnavailableError) as error:
+            raise gr.Error(str(error), duration=None, title="Cannot parse this video") from error
+
     def redraw(outcome: ParseOutcome | None, opacity, shown):
         if outcome is None:
             return gr.skip(), gr.skip(), gr.skip()
@@ -138,6 +146,16 @@ def build_demo(registry: ModelRegistry, parser: Parser | None = None, examples_d
                     areas = gr.Dataframe(headers=["class", "pixels", "% of image", "% of face area"],
                                          datatype=["str", "number", "number", "number"], interactive=False,
                                          label="Area per class", elem_id="segface-areas")  # fmt: skip
+        with gr.Tab(f"Video (clips up to {MAX_VIDEO_SECONDS:.0f} s)"):
+            gr.Markdown("Each face is followed through the clip, its crop steadied over time, and the parse drawn "
+                        "over every frame; the clip's audio is kept. A CPU parses a few frames per second.")  # fmt: skip
+            with gr.Row():
+                clip = gr.Video(label="Clip", sources=["upload"], elem_id="segface-video-input")
+                clip_out = gr.Video(label="Overlay", interactive=False, elem_id="segface-video-overlay")
+            run_video = gr.Button("Parse video", variant="primary", elem_id="segface-video-run")
+            clip_summary = gr.Markdown(elem_id="segface-video-summary")
+        run_video.click(parse_video, inputs=[clip, model], outputs=[clip_out, clip_summary], api_name="parse_video",
+                        concurrency_id="model")  # fmt: skip
         outcome_state = gr.State(None)
         timer = gr.Timer(1.0, active=False)
 
