@@ -101,6 +101,10 @@ class BenchmarkSettings:
             Folder holding the original SegFace `network/` package, to time the original side by side.
         onnx (`bool`, *optional*, defaults to `False`):
             Whether to export each model to ONNX and time it with onnxruntime on the CPU (float32 only).
+        onnx_int8 (`list[str]`, *optional*):
+            int8 quantization modes (`static`, `dynamic`) to export with `segface export --format onnx-int8` and time
+            with onnxruntime on the CPU (float32 inputs); static calibrates on the bundled photos' faces. Not checked
+            against PyTorch (random weights: the argmax says nothing); use `segface export` for that.
         image_processor (`bool`, *optional*, defaults to `False`):
             Whether to time the image processor on photos of `processor_input_size`.
         processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
@@ -128,6 +132,7 @@ class BenchmarkSettings:
     reference_path: bool = False
     original_code: str | None = None
     onnx: bool = False
+    onnx_int8: list[str] = field(default_factory=list)
     image_processor: bool = False
     processor_input_size: tuple[int, int] = (480, 640)
     detection: bool = False
@@ -575,16 +580,23 @@ def _time_case(
         timings = time_interleaved(calls, settings.warmup, settings.repeats, _synchronizer(device), on_step)
         # onnxruntime keeps its memory in an arena between calls: its growth over one call says nothing.
         memory = {
-            name: None if name == IMPLEMENTATION_ONNX else peak_memory_mib(call, device) for name, call in calls.items()
+            name: None if name.startswith(IMPLEMENTATION_ONNX) else peak_memory_mib(call, device)
+            for name, call in calls.items()
         }
     return timings, memory
 
 
-def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str) -> Callable[..., object]:
+def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str,
+                 int8: str | None = None) -> Callable[..., object]:  # fmt: skip
+    from segface_hf.release.export import export_model
     from segface_hf.release.onnx_export import export_onnx, load_onnx_session
 
-    path = Path(folder) / f"segface_{resolution}.onnx"
-    export_onnx(model, path, image_size=resolution, overwrite=True)
+    path = Path(folder) / f"segface_{resolution}{'_int8_' + int8 if int8 else ''}.onnx"
+    if int8:
+        export_model(model, path, format="onnx-int8", quantization=int8, image_size=resolution, verify=False,
+                     overwrite=True)  # fmt: skip
+    else:
+        export_onnx(model, path, image_size=resolution, overwrite=True)
     # No busy-waiting threads: they would take CPU time from the implementation timed next.
     session = load_onnx_session(path, threads=threads, spinning=False)
 
@@ -707,7 +719,7 @@ def _case_results(
                 model=spec.name,
                 resolution=spec.resolution,
                 implementation=name,
-                device="cpu" if name == IMPLEMENTATION_ONNX else settings.device,
+                device="cpu" if name.startswith(IMPLEMENTATION_ONNX) else settings.device,
                 dtype=dtype_name,
                 batch_size=batch_size,
                 options=_options_label(settings) if name == IMPLEMENTATION_FAST else "eager",
@@ -728,7 +740,7 @@ def _case_results(
 
 
 def _implementations(
-    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_run
+    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_runs
 ) -> dict[str, Callable[..., object]]:
     """The callables `(pixel_values, landmarks=None)` to time for one model and dtype."""
     device = torch.device(settings.device)
@@ -743,8 +755,8 @@ def _implementations(
         )
     if original is not None:
         implementations[IMPLEMENTATION_ORIGINAL] = original.to(device, dtype)
-    if onnx_run is not None and dtype == torch.float32:
-        implementations[IMPLEMENTATION_ONNX] = onnx_run
+    if dtype == torch.float32:
+        implementations.update(onnx_runs)
     return implementations
 
 
@@ -765,16 +777,21 @@ def _measure_model(
             report.skipped.append(f"{spec.name}: the original runs only for official variants")
         else:
             original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
-    onnx_run = None
-    if settings.onnx and "float32" not in settings.dtypes:
+    onnx_runs = {}
+    if (settings.onnx or settings.onnx_int8) and "float32" not in settings.dtypes:
         report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
-    elif settings.onnx:
-        progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
-        onnx_run = _onnx_runner(base, spec.resolution, settings.threads, scratch)
+    else:
+        if settings.onnx:
+            progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
+            onnx_runs[IMPLEMENTATION_ONNX] = _onnx_runner(base, spec.resolution, settings.threads, scratch)
+        for mode in settings.onnx_int8:
+            progress(f"{spec.name}@{spec.resolution}: exporting to ONNX int8 ({mode})")
+            onnx_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(base, spec.resolution, settings.threads,
+                                                                           scratch, int8=mode)  # fmt: skip
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]
         model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
-        implementations = _implementations(spec, dtype, settings, model, original, onnx_run)
+        implementations = _implementations(spec, dtype, settings, model, original, onnx_runs)
         for batch_size in settings.batch_sizes:
             progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
             inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)

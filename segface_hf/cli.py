@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import benchmark, build_dataset, evaluate, finetune, push, train
+from .commands import benchmark, build_dataset, evaluate, export, finetune, push, train
 from .configuration_segface import OFFICIAL_VARIANTS
 from .errors import SegFaceError, error_summary
 
@@ -183,7 +183,8 @@ def _run_download(args) -> int:
 def _add_export_onnx_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export-onnx",
-        help="export a model to ONNX (dynamic batch size) and check it against PyTorch with onnxruntime",
+        help="export a model to float32 ONNX (dynamic batch size), checked with onnxruntime on random inputs; "
+        "`segface export` also writes onnx-fp16 and onnx-int8",
         description="Export a SegFace model to an ONNX graph with a dynamic batch size at a fixed resolution, run it "
         "with onnxruntime at batch sizes 1 and 3 and compare with PyTorch. The file is kept only if the logits differ "
         "by at most 1e-3 and at least 99.9% of the predicted classes agree; a failed export leaves nothing on disk. "
@@ -205,15 +206,11 @@ def _run_export_onnx(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from .release.onnx_export import SegFaceOnnxError, require_onnx, export_onnx
-    from .inference.loading import check_model_location, load_segface_model
+    from .release.onnx_export import SegFaceOnnxError, export_onnx
+    from .inference.loading import load_segface_model
 
     # Everything that can be checked without the model fails here, before a possibly long load or download.
-    image_size = None
-    if args.image_size:
-        if len(args.image_size) > 2:
-            raise ValueError(f"--image-size takes HEIGHT or HEIGHT WIDTH, got {len(args.image_size)} numbers.")
-        image_size = tuple(args.image_size) if len(args.image_size) == 2 else args.image_size[0]
+    image_size = export.image_size_option(args.image_size)
     output = Path(args.output).expanduser()
     if output.suffix != ".onnx":
         raise ValueError(f"--output must name a .onnx file, got {args.output!r}.")
@@ -221,17 +218,7 @@ def _run_export_onnx(args) -> int:
         raise ValueError(f"--output {args.output} is a folder; name the .onnx file to write.")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it.")
-    check_model_location(args.model)
-    try:
-        require_onnx()
-    except SegFaceOnnxError as error:
-        raise ImportError(str(error)) from error
-    if args.quiet:
-        from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        disable_progress_bars()
+    export.prepare(args)
 
     steps = tqdm(total=2, desc="segface export-onnx", file=sys.stderr, disable=args.quiet)
     try:
@@ -251,7 +238,8 @@ def _run_export_onnx(args) -> int:
 
 
 # Subcommands whose options live in their own module (configure + run).
-MODULE_COMMANDS = {"build-dataset": build_dataset, "evaluate": evaluate, "push": push, "benchmark": benchmark}
+MODULE_COMMANDS = {"export": export, "build-dataset": build_dataset, "evaluate": evaluate, "push": push,
+                   "benchmark": benchmark}
 # Subcommands that parse their own arguments with transformers.HfArgumentParser (run_argv).
 PASSTHROUGH_COMMANDS = {"train": train, "finetune": finetune}
 

@@ -33,7 +33,8 @@ def test_script_runs_end_to_end_on_a_tiny_model(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--model", str(tmp_path / "tiny"),
          "--threads", "1", "--batch-sizes", "1", "2", "--warmup", "1", "--repeats", "3", "--reference-path",
-         "--onnx", "--image-processor", "--json", str(json_path), "--markdown", str(markdown_path)],
+         "--onnx", "--onnx-int8", "dynamic", "--image-processor", "--json", str(json_path), "--markdown",
+         str(markdown_path)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -45,16 +46,16 @@ def test_script_runs_end_to_end_on_a_tiny_model(tmp_path):
 
     results = report["results"]
     seen = {(r["implementation"], r["batch_size"]) for r in results}
-    assert seen == {(name, batch) for name in ("segface-hf", "segface-hf reference path", "onnxruntime")
-                    for batch in (1, 2)}  # fmt: skip
+    names = ("segface-hf", "segface-hf reference path", "onnxruntime", "onnxruntime int8 dynamic")
+    assert seen == {(name, batch) for name in names for batch in (1, 2)}
     for r in results:
         assert r["model"] == "tiny" and r["resolution"] == 64 and r["dtype"] == "float32"
         assert len(r["samples_s"]) == 3 and all(s > 0 for s in r["samples_s"])
         assert r["min_s"] <= r["p25_s"] <= r["median_s"] <= r["p75_s"] <= r["max_s"]
         assert r["images_per_s"] == pytest.approx(r["batch_size"] / r["median_s"])
         assert r["speedup_vs_original"] is None  # no original code was given
-        if r["implementation"] == "onnxruntime":
-            assert r["peak_memory_mib"] is None
+        if r["implementation"].startswith("onnxruntime"):
+            assert r["peak_memory_mib"] is None and r["device"] == "cpu"
         else:
             assert r["peak_memory_mib"] is not None
     (processor,) = report["image_processor"]

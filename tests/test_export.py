@@ -1,56 +1,237 @@
-"""torch.export (strict and non-strict) and torch.compile(fullgraph=True) with a dynamic batch.
-
-Nothing in a traced forward may touch `data_ptr` or Python-side caches keyed on tensor identity: while tracing, the
-fast path keeps only its plain tensor functions (`fast_path_segface.plan_fast_path`). The exported programs must give
-the eager model's logits (max difference at most 1e-4) at a batch size other than the traced one.
-"""
+"""`segface export`: every format's file runs in its runtime and reproduces PyTorch on real face crops, within the
+format's stated thresholds; bad input fails in one line and leaves nothing on disk."""
 
 from __future__ import annotations
 
+import shutil
+
+import numpy as np
+import onnx
+import PIL.Image
 import pytest
 import torch
-from conftest import BACKBONE_FAMILIES, tiny_config
+from conftest import REPO_ROOT, scaled_model
 
-from segface_hf import SegFaceForSemanticSegmentation
+from segface_hf.release.export import (
+    EXPORT_FORMATS,
+    SegFaceExportError,
+    export_model,
+    face_inputs,
+    split_held_out,
+)
+from segface_hf.release.onnx_export import load_onnx_session
 
-EXPORT_FAMILIES = ["swin", "convnext", "resnet", "timm-mobilenet"]
-
-
-def _model(family):
-    torch.manual_seed(0)
-    return SegFaceForSemanticSegmentation(tiny_config(family)).eval()
-
-
-def _logits(output):
-    return output.logits if hasattr(output, "logits") else output["logits"]
+EXAMPLES = REPO_ROOT / "spaces" / "segface" / "examples"
 
 
-@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
-@pytest.mark.parametrize("family", EXPORT_FAMILIES)
-def test_export_with_a_dynamic_batch_equals_eager(family, strict, one_thread):
-    torch._dynamo.reset()
-    model = _model(family)
-    traced_input = torch.randn(2, 3, 64, 64)
-    batch = torch.export.Dim("batch", min=1, max=8)
-    program = torch.export.export(model, (traced_input,), dynamic_shapes={"pixel_values": {0: batch}}, strict=strict)
-    pixel_values = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
-        expected = model(pixel_values).logits
-        exported = _logits(program.module()(pixel_values))
-    assert exported.shape == expected.shape == (3, 5, 64, 64)
-    assert (exported - expected).abs().max() <= 1e-4
+@pytest.fixture(scope="module")
+def model():
+    return scaled_model("timm-mobilenet", upscale_channels=[16, 8])
 
 
-@pytest.mark.parametrize("family", BACKBONE_FAMILIES)
-def test_compile_fullgraph_with_a_dynamic_batch_equals_eager(family, one_thread):
-    """Dynamo captures the whole forward in one graph (fullgraph) with the batch dimension symbolic; the eager
-    backend runs that graph (what is checked is the capture, not a code generator)."""
-    torch._dynamo.reset()
-    model = _model(family)
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        for batch in (2, 3):
-            pixel_values = torch.randn(batch, 3, 64, 64)
-            torch._dynamo.mark_dynamic(pixel_values, 0)
-            torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, rtol=1e-5, atol=1e-6)
-    torch._dynamo.reset()
+@pytest.fixture(scope="module")
+def faces(model):
+    """The bundled photos' faces, detected once for the module."""
+    return face_inputs(model.config, None, (64, 64))
+
+
+def _our_check(path, model, feeds):
+    """Logits of the file (our own onnxruntime session) and of PyTorch on the same faces."""
+    session = load_onnx_session(path, threads=1)
+    got, expected = [], []
+    for feed in feeds:
+        got.append(session.run(["logits"], feed)[0])
+        with torch.no_grad():
+            expected.append(model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy())
+    return np.concatenate(got), np.concatenate(expected)
+
+
+def test_the_bundled_photos_give_framed_faces(model, faces):
+    # astronaut, grace_hopper, camera: one face each; two_faces: two.
+    assert len(faces) == 5
+    for face in faces:
+        assert list(face) == ["pixel_values"] and face["pixel_values"].shape == (1, 3, 64, 64)
+        assert face["pixel_values"].dtype == np.float32
+    # ImageNet-normalised photos: values span the normalised range of real pixels, not noise around zero.
+    values = np.concatenate([face["pixel_values"].ravel() for face in faces])
+    assert values.min() < -1.5 and values.max() > 1.5
+    calibration, held_out = split_held_out(faces)
+    assert len(calibration) == 3 and len(held_out) == 2  # faces 0 and 4 held out
+    assert held_out[0] is faces[0] and held_out[1] is faces[4]
+    assert split_held_out(faces[:1]) == ([faces[0]], [faces[0]])
+
+
+@pytest.mark.parametrize(
+    ("name", "quantization", "max_difference", "min_agreement"),
+    [("onnx", "static", 1e-3, 0.999), ("onnx-fp16", "static", 0.05, 0.95), ("onnx-int8", "static", 0.5, 0.85),
+     ("onnx-int8", "dynamic", 0.5, 0.85)],
+)  # fmt: skip
+def test_each_format_runs_in_onnxruntime_and_matches_pytorch(model, faces, tmp_path, name, quantization,
+                                                             max_difference, min_agreement):  # fmt: skip
+    output = tmp_path / "out" / "model.onnx"
+    result = export_model(model, output, format=name, faces=faces, quantization=quantization, threads=1)
+    assert [p.name for p in output.parent.iterdir()] == ["model.onnx"]  # no staging folder left behind
+    assert result.path == output and result.size_bytes == output.stat().st_size
+    assert result.fidelity.passed and result.fidelity.faces == 2 and result.latency_ms > 0
+    assert result.calibration_faces == (3 if (name, quantization) == ("onnx-int8", "static") else 0)
+
+    graph = onnx.load(str(output))
+    initializers = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in graph.graph.initializer}
+    ops = {node.op_type for node in graph.graph.node}
+    if name == "onnx-fp16":
+        assert "float16" in initializers and "float32" not in initializers
+        # The graph keeps float32 inputs and outputs.
+        assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    if name == "onnx-int8":
+        assert "int8" in initializers
+        expected_ops = {"QuantizeLinear", "DequantizeLinear"} if quantization == "static" else {"DynamicQuantizeLinear"}
+        assert expected_ops <= ops
+
+    # Our own run on the held-out faces (the first and the last of the module's five), one batch of two.
+    held_out = [faces[0], faces[4]]
+    batch = {"pixel_values": np.concatenate([f["pixel_values"] for f in held_out])}
+    got, expected = _our_check(output, model, [batch])
+    assert got.shape == (2, 5, 64, 64)
+    assert np.abs(expected).max() > 0.5  # real logits
+    difference = np.abs(got - expected).max()
+    assert difference <= max_difference * (1 if name == "onnx" else np.abs(expected).max())
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= min_agreement
+    if name != "onnx":
+        assert difference > 1e-5  # the precision really changed
+
+
+def test_int8_file_is_smaller_than_float32(model, faces, tmp_path):
+    float32 = export_model(model, tmp_path / "f.onnx", format="onnx", faces=faces, verify=False)
+    int8 = export_model(model, tmp_path / "q.onnx", format="onnx-int8", faces=faces, verify=False)
+    assert int8.size_bytes < 0.5 * float32.size_bytes
+    assert int8.fidelity is None and int8.latency_ms is None
+
+
+def test_a_failing_check_leaves_nothing_on_disk(model, faces, tmp_path, monkeypatch):
+    strict = EXPORT_FORMATS["onnx-int8"].__class__(**{**EXPORT_FORMATS["onnx-int8"].__dict__,
+                                                      "min_argmax_agreement": 1.01})  # fmt: skip
+    monkeypatch.setitem(EXPORT_FORMATS, "onnx-int8", strict)
+    with pytest.raises(SegFaceExportError, match="onnx-int8 export does not reproduce the PyTorch model"):
+        export_model(model, tmp_path / "out" / "model.onnx", format="onnx-int8", faces=faces)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bad_input_to_the_api(model, faces, tmp_path):
+    with pytest.raises(SegFaceExportError, match="unsupported export format 'tflite'; choose one of onnx, "):
+        export_model(model, tmp_path / "m.onnx", format="tflite")
+    with pytest.raises(SegFaceExportError, match="must name a .onnx file"):
+        export_model(model, tmp_path / "m.pte", format="onnx-int8")
+    with pytest.raises(SegFaceExportError, match="quantization must be one of static, dynamic"):
+        export_model(model, tmp_path / "m.onnx", format="onnx-int8", quantization="weird")
+    with pytest.raises(SegFaceExportError, match=r"face inputs of size \(64, 64\) for an export at \(96, 96\)"):
+        export_model(model, tmp_path / "m.onnx", format="onnx-int8", faces=faces, image_size=96)
+    assert list(tmp_path.iterdir()) == []
+
+
+# The command line.
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tmp_path_factory):
+    from segface_hf import SegFaceImageProcessor
+
+    folder = tmp_path_factory.mktemp("export-model") / "model"
+    model.save_pretrained(folder)
+    SegFaceImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def _cli(capsys, *args):
+    from segface_hf.cli import main
+
+    code = main(["export", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if "segface export:" in line or "error" in line]
+    assert len(err.strip().splitlines()) == 1 and lines[0].startswith("segface export: error: "), err
+    return lines[0]
+
+
+def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES, photos / "nested")  # searched recursively
+    output = tmp_path / "out" / "model_quantized.onnx"
+    report = tmp_path / "export.json"
+    code, out, err = _cli(capsys, "--model", saved_model, "--format", "onnx-int8", "--output", output,
+                          "--calibration", photos, "--json", report, "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert out.startswith(f"segface export: Exported SegFace to {output} as onnx-int8 (static)"), out
+    assert "calibrated on 3 faces" in out and "onnxruntime against PyTorch on 2 held-out faces" in out
+    assert [p.name for p in output.parent.iterdir()] == ["model_quantized.onnx"]
+    import json
+
+    record = json.loads(report.read_text())
+    assert record["format"] == "onnx-int8" and record["fidelity"]["passed"] is True
+    assert record["size_bytes"] == output.stat().st_size and record["image_size"] == [64, 64]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--format", "tflite", "--output", "{tmp}/m.tflite"], "unsupported export format 'tflite'"),
+        (["--format", "onnx-int8", "--output", "{tmp}/m.txt"], "must name a .onnx file for onnx-int8"),
+        (["--format", "onnx-int8", "--output", "{tmp}/m.onnx", "--calibration", "{tmp}/blank"],
+         "no faces found in the 1 images of"),
+        (["--format", "onnx-int8", "--output", "{tmp}/m.onnx", "--calibration", "{tmp}/missing"],
+         "does not exist or is not a folder"),
+        (["--format", "onnx-int8", "--output", "{tmp}/m.onnx", "--quantization", "float"],
+         "--quantization must be one of static, dynamic"),
+    ],
+)  # fmt: skip
+def test_cli_reports_bad_input_in_one_line_and_writes_nothing(saved_model, tmp_path, capsys, arguments, message):
+    (tmp_path / "blank").mkdir()
+    PIL.Image.new("RGB", (96, 96), (128, 128, 128)).save(tmp_path / "blank" / "grey.png")
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    code, out, err = _cli(capsys, "--model", saved_model, *arguments, "--quiet")
+    assert code == 2 and out == ""
+    assert message in _one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank"]
+    assert [p.name for p in (tmp_path / "blank").iterdir()] == ["grey.png"]
+
+
+def test_cli_reports_a_wrong_model_folder(tmp_path, capsys):
+    not_a_model = tmp_path / "photos"
+    not_a_model.mkdir()
+    code, out, err = _cli(capsys, "--model", not_a_model, "--format", "onnx", "--output", tmp_path / "m.onnx",
+                          "--quiet")  # fmt: skip
+    assert code == 2 and out == ""
+    assert f"cannot load the model {str(not_a_model)!r}" in _one_error_line(err)
+    code, out, err = _cli(capsys, "--model", tmp_path / "nowhere", "--format", "onnx-fp16", "--output",
+                          tmp_path / "m.onnx")  # fmt: skip
+    assert code == 2 and "no such folder" in _one_error_line(err)
+    assert [p.name for p in tmp_path.iterdir()] == ["photos"]
+
+
+def test_export_module_names_the_formats_it_checks():
+    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8"]
+    assert {f.hub_path for f in EXPORT_FORMATS.values()} == {
+        "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx"}  # fmt: skip
+
+
+def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_model, tmp_path):
+    from segface_hf import SegFaceConfig
+    from segface_hf.release.model_card import build_model_card, check_model_card
+    from segface_hf.release.publishing import export_into_repo
+
+    folder = tmp_path / "repo"
+    shutil.copytree(saved_model, folder)
+    with pytest.raises(SegFaceExportError, match="unsupported export format 'coreml'"):
+        export_into_repo(folder, ["onnx-fp16", "coreml"])
+    assert not (folder / "onnx").exists()  # the bad name is refused before anything is exported
+    (result,) = export_into_repo(folder, ["onnx-fp16"])
+    assert result.path == folder / "onnx" / "model_fp16.onnx" and result.path.is_file()
+    assert [p.name for p in (folder / "onnx").iterdir()] == ["model_fp16.onnx"]
+    config = SegFaceConfig.from_pretrained(folder)
+    card = build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512", exports=[result])
+    check_model_card(card)
+    row = next(line for line in card.splitlines() if line.startswith("| `onnx/model_fp16.onnx` |"))
+    assert "| onnx-fp16 |" in row and f"{result.fidelity.argmax_agreement:.4f} (2 faces)" in row
+    assert "## Exports" not in build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512")

@@ -36,6 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-dir", help="folder of <variant>.json evaluation files (with --all/--from-official)")
     parser.add_argument("--output-dir", help="keep the built repo folder here (with --variant)")
     parser.add_argument("--space-dir", default=str(SPACE_DIR), help="the Space folder (with --space)")
+    parser.add_argument("--exports", nargs="+", default=[], metavar="FORMAT",
+                        help="with --variant: also put these `segface export` formats in the repo (e.g. onnx "
+                        "onnx-int8), each checked against PyTorch, listed in the card with its fidelity")  # fmt: skip
+    parser.add_argument("--calibration", help="photos with faces for --exports (default: the bundled photos)")
     parser.add_argument("--private", action="store_true", help="create the repos private")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
 
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if mode == "variant":
         results = [publishing.publish_variant(args.variant, args.checkpoint, args.repo_id, private=args.private,
                                               evaluation_json=args.eval_json, token=args.token,
-                                              output_dir=args.output_dir)]  # fmt: skip
+                                              output_dir=args.output_dir, exports=args.exports,
+                                              calibration=args.calibration)]  # fmt: skip
     elif mode == "all":
         checkpoints = publishing.find_checkpoints(args.checkpoints_dir)
         results = publishing.publish_all(args.org, checkpoints, private=args.private, evaluations_dir=args.eval_dir,

@@ -4,6 +4,7 @@ evaluation protocol, limitations, licence and citation."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,12 +299,40 @@ def _limitations(label_set: str) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
+def exports_section(exports: Sequence | None) -> str:
+    """The card's "Exports" section: one row per deployment file (path in the repo, format, size, fidelity against
+    PyTorch on held-out faces, latency); empty without exports."""
+    from .export import EXPORT_FORMATS
+
+    if not exports:
+        return ""
+    rows = []
+    for result in exports:
+        fidelity = result.fidelity
+        agreement = "not checked" if fidelity is None else (
+            f"{fidelity.argmax_agreement:.4f} ({fidelity.faces} faces), max logit difference "
+            f"{fidelity.max_abs_difference:.3g}"
+        )  # fmt: skip
+        latency = "" if result.latency_ms is None else f"{result.latency_ms:.0f} ms"
+        kind = result.format + (f" ({result.quantization})" if result.quantization else "")
+        size = f"{result.size_bytes / 2**20:.1f} MiB"
+        rows.append(f"| `{EXPORT_FORMATS[result.format].hub_path}` | {kind} | {size} | {agreement} | {latency} |")
+    return (
+        "## Exports\n\nFiles for other runtimes, each checked in its runtime against the PyTorch model on held-out "
+        "face crops when it was written (argmax agreement with PyTorch; latency of one face on the machine that "
+        "exported it). How to run them: `docs/deploy.md` of segface-hf."
+        "\n\n| file | format | size | argmax agreement with PyTorch | latency |\n|---|---|---:|---|---:|\n"
+        + "\n".join(rows) + "\n\n"
+    )
+
+
 def build_model_card(
     config: SegFaceConfig,
     repo_id: str,
     variant: str | None = None,
     reported_mean_f1: float | None = None,
     evaluation: EvaluationResult | None = None,
+    exports: Sequence | None = None,
 ) -> str:
     """Write the model card (README.md) of a SegFace model.
 
@@ -318,6 +347,8 @@ def build_model_card(
             The mean F1 the authors report; defaults to the value of `variant` in `OFFICIAL_VARIANTS`.
         evaluation (`EvaluationResult`, *optional*):
             Our own score, from [`load_evaluation`].
+        exports (list of [`~segface_hf.release.export.SegFaceExportResult`], *optional*):
+            Deployment files in the repo, listed with their measured fidelity (see [`exports_section`]).
 
     Returns:
         `str`: the README.md text; its YAML metadata passes [`check_model_card`].
@@ -381,7 +412,7 @@ These are {source}. Code: [original]({CODE_URL}) · paper: [arXiv 2412.08647]({P
 
 {score_text}
 
-## Labels and palette
+{exports_section(exports)}## Labels and palette
 
 Class indices are those of the original heads; the names say what the class is (for the person's left and right).
 The colours are the palette the `segface-hf` overlays and the demo Space use.

@@ -36,24 +36,25 @@ class SegFaceOnnxError(SegFaceError, RuntimeError):
 
 
 @dataclass
-class OnnxVerification:
-    """How an exported graph compares with PyTorch on random inputs.
+class LogitAgreement:
+    """How an export's logits compare with PyTorch's, and the limits they are held to.
 
     Args:
-        batch_sizes (`tuple[int, ...]`):
-            The batch sizes that were run.
         max_abs_difference (`float`):
-            Largest absolute logit difference over all runs.
+            Largest absolute logit difference.
         argmax_agreement (`float`):
             Fraction of pixels whose predicted class is the same, counting as agreeing the pixels where the two
-            classes are tied in PyTorch's logits up to twice `max_abs_difference`.
+            classes are tied in PyTorch's logits up to the tie tolerance of [`argmax_agreement`].
         strict_argmax_agreement (`float`):
             Fraction of pixels whose predicted class is the same, ties not excused.
         max_abs_logit (`float`):
             Largest absolute PyTorch logit, for scale.
+        max_allowed_difference (`float`, *optional*, defaults to 1e-3):
+            The limit on `max_abs_difference`.
+        min_allowed_agreement (`float`, *optional*, defaults to 0.999):
+            The limit on `argmax_agreement`.
     """
 
-    batch_sizes: tuple[int, ...]
     max_abs_difference: float
     argmax_agreement: float
     strict_argmax_agreement: float
@@ -68,13 +69,23 @@ class OnnxVerification:
             and self.argmax_agreement >= self.min_allowed_agreement
         )
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
         return (
-            f"batch sizes {list(self.batch_sizes)}: max |logit difference| {self.max_abs_difference:.2e} "
-            f"(limit {self.max_allowed_difference:.0e}, logits up to {self.max_abs_logit:.3g}), argmax agreement "
-            f"{self.argmax_agreement:.5f} (limit {self.min_allowed_agreement}; {self.strict_argmax_agreement:.5f} "
-            "without excusing ties)"
+            f"max |logit difference| {self.max_abs_difference:.3g} (limit {self.max_allowed_difference:.3g}, logits "
+            f"up to {self.max_abs_logit:.3g}), argmax agreement {self.argmax_agreement:.5f} (limit "
+            f"{self.min_allowed_agreement}; {self.strict_argmax_agreement:.5f} without excusing ties)"
         )
+
+
+@dataclass
+class OnnxVerification(LogitAgreement):
+    """How an exported graph compares with PyTorch on random inputs ([`LogitAgreement`] plus the batch sizes run,
+    `batch_sizes`, a keyword argument)."""
+
+    batch_sizes: tuple[int, ...] = field(kw_only=True)
+
+    def __str__(self) -> str:
+        return f"batch sizes {list(self.batch_sizes)}: {self.describe()}"
 
 
 @dataclass
@@ -380,6 +391,7 @@ def export_onnx(
 
 
 __all__ = [
+    "LogitAgreement",
     "MAX_ABS_LOGIT_DIFFERENCE",
     "MIN_ARGMAX_AGREEMENT",
     "OnnxExportResult",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +142,8 @@ def build_model_repo(
     repo_id: str,
     evaluation_json: str | os.PathLike | None = None,
     overwrite: bool = False,
+    exports: Sequence[str] = (),
+    calibration: str | os.PathLike | None = None,
 ) -> Path:
     """Convert an official checkpoint into a ready-to-upload repo folder with its model card.
 
@@ -160,6 +162,12 @@ def build_model_repo(
             score, and the file itself into the repo.
         overwrite (`bool`, *optional*, defaults to `False`):
             Replace a non-empty `output_dir`.
+        exports (`list[str]`, *optional*):
+            Export formats (`EXPORT_FORMATS` of `segface_hf.release.export`) to add, each at its `hub_path` (e.g.
+            `onnx/model_quantized.onnx`), checked against PyTorch before it is kept; the card lists them with
+            their fidelity.
+        calibration (`str` or `os.PathLike`, *optional*):
+            Photos with faces for the exports' calibration and check (default: the bundled photos).
 
     Returns:
         `Path`: the folder.
@@ -175,7 +183,8 @@ def build_model_repo(
         model_dir = staging / "repo"
         convert_original_checkpoint(checkpoint, variant, model_dir)
         config = SegFaceConfig.from_pretrained(model_dir)
-        card = build_model_card(config, repo_id, variant=variant, evaluation=evaluation)
+        results = export_into_repo(model_dir, exports, calibration)
+        card = build_model_card(config, repo_id, variant=variant, evaluation=evaluation, exports=results)
         (model_dir / "README.md").write_text(card, encoding="utf-8")
         if evaluation_json is not None:
             shutil.copyfile(evaluation_json, model_dir / EVALUATION_FILENAME)
@@ -184,6 +193,30 @@ def build_model_repo(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def export_into_repo(folder: str | os.PathLike, formats: Sequence[str],
+                     calibration: str | os.PathLike | None = None) -> list:  # fmt: skip
+    """Export the model of a repo folder in each of `formats` into the folder, at the format's `hub_path`.
+
+    Returns:
+        list of [`~segface_hf.release.export.SegFaceExportResult`]: what was written, with its fidelity.
+    """
+    if not formats:
+        return []
+    from ..image_processing_segface import SegFaceImageProcessor
+    from ..modeling_segface import SegFaceForSemanticSegmentation
+    from .export import EXPORT_FORMATS, export_format, export_model, face_inputs
+
+    folder = Path(folder)
+    for name in formats:
+        export_format(name)  # an unsupported name fails before anything is exported
+    model = SegFaceForSemanticSegmentation.from_pretrained(folder).eval()
+    processor = SegFaceImageProcessor.from_pretrained(folder)
+    size = (model.config.image_size, model.config.image_size)
+    faces = face_inputs(model.config, calibration, size, processor)
+    return [export_model(model, folder / EXPORT_FORMATS[name].hub_path, format=name, processor=processor, faces=faces)
+            for name in formats]  # fmt: skip
 
 
 def _commit(api: HfApi, folder: Path, repo_id: str, repo_type: str, private: bool, commit_message: str,
@@ -229,17 +262,21 @@ def publish_variant(
     token: str | None = None,
     endpoint: str | None = None,
     output_dir: str | os.PathLike | None = None,
+    exports: Sequence[str] = (),
+    calibration: str | os.PathLike | None = None,
 ) -> PublishedRepo:
     """Convert one official checkpoint, write its card and upload it.
 
-    The repo folder is built in `output_dir` (kept, e.g. for inspection) or in a temporary folder (removed).
+    The repo folder is built in `output_dir` (kept, e.g. for inspection) or in a temporary folder (removed);
+    `exports` and `calibration` are passed to [`build_model_repo`].
     """
     if output_dir is not None:
-        folder = build_model_repo(checkpoint, variant, output_dir, repo_id, evaluation_json, overwrite=True)
+        folder = build_model_repo(checkpoint, variant, output_dir, repo_id, evaluation_json, overwrite=True,
+                                  exports=exports, calibration=calibration)  # fmt: skip
         return upload_model_repo(folder, repo_id, private=private, token=token, endpoint=endpoint)
     with tempfile.TemporaryDirectory(prefix="segface-publish-") as workdir:
         folder = build_model_repo(checkpoint, variant, Path(workdir) / default_repo_name(variant), repo_id,
-                                  evaluation_json)  # fmt: skip
+                                  evaluation_json, exports=exports, calibration=calibration)  # fmt: skip
         return upload_model_repo(folder, repo_id, private=private, token=token, endpoint=endpoint)
 
 
@@ -373,6 +410,7 @@ __all__ = [
     "PublishedRepo",
     "SegFacePublishError",
     "build_model_repo",
+    "export_into_repo",
     "build_space_folder",
     "check_model_folder",
     "check_repo_id",

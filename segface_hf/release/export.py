@@ -1,0 +1,524 @@
+"""Export a SegFace model for deployment in one of several formats, each checked in its own runtime before it is kept.
+
+Formats (see `EXPORT_FORMATS`):
+
+- `onnx`: float32 ONNX, as [`~segface_hf.release.onnx_export.export_onnx`] writes it (dynamic batch size).
+- `onnx-fp16`: the same graph with float16 weights and arithmetic (onnxruntime's converter), float32 inputs and
+  outputs; for GPUs and mobile NPUs (onnxruntime's CPU kernels run many float16 ops through casts, so it is not faster
+  on a CPU).
+- `onnx-int8`: 8-bit integers with onnxruntime's quantizer. `static` (the default): QDQ format, per-channel int8
+  weights, uint8 activations whose ranges are calibrated on face crops, framed with the face detector the way the model
+  expects (a folder of photos the caller gives, or the public-domain photos bundled with the Space). `dynamic`: int8
+  weights of the matrix products only, activation ranges computed at run time (no calibration).
+
+Every export is written into a temporary folder next to its target, run with onnxruntime on held-out face crops (faces
+that calibration did not see) and compared with the PyTorch model; it is moved into place only if its fidelity meets
+the format's thresholds, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SegFaceError, error_summary
+from .onnx_export import (
+    MAX_ABS_LOGIT_DIFFERENCE,
+    MIN_ARGMAX_AGREEMENT,
+    LogitAgreement,
+    argmax_agreement,
+    export_onnx,
+    load_onnx_session,
+)
+
+# The bundled public-domain photos, the default calibration and held-out set.
+BUNDLED_PHOTOS = Path(__file__).resolve().parents[2] / "spaces" / "segface" / "examples"
+# Every `HELD_OUT_EVERY`-th face crop (and at least one) is held out of calibration to check the export.
+HELD_OUT_EVERY = 4
+# Ties closer than this in PyTorch's logits are excused in the tie-aware agreement (float32 rounding, not the error of
+# the export under test).
+TIE_TOLERANCE = 2 * MAX_ABS_LOGIT_DIFFERENCE
+QUANTIZATION_MODES = ("static", "dynamic")
+
+
+class SegFaceExportError(SegFaceError, ValueError):
+    """An export that cannot be made as asked (unsupported format, no faces to calibrate on) or that does not
+    reproduce the PyTorch model closely enough."""
+
+
+@dataclass(frozen=True)
+class SegFaceExportFormat:
+    """One export format and what its check requires.
+
+    Args:
+        name (`str`): the `--format` value.
+        suffix (`str`): the file name ending.
+        runtime (`str`): the runtime it is checked (and meant to be run) with.
+        precision (`str`): `float32`, `float16` or `int8`.
+        max_relative_difference (`float`): largest allowed max |logit difference|, as a fraction of the largest
+            |logit| of PyTorch on the same faces (the float32 format uses the absolute limit of `onnx_export`).
+        min_argmax_agreement (`float`): smallest allowed fraction of pixels whose class is PyTorch's (ties closer than
+            `TIE_TOLERANCE` excused).
+        hub_path (`str`): where [`~segface_hf.release.publishing`] puts it in a model repository.
+    """
+
+    name: str
+    suffix: str
+    runtime: str
+    precision: str
+    max_relative_difference: float | None
+    min_argmax_agreement: float
+    hub_path: str
+
+    def max_difference(self, max_abs_logit: float) -> float:
+        if self.max_relative_difference is None:
+            return MAX_ABS_LOGIT_DIFFERENCE
+        return self.max_relative_difference * max_abs_logit
+
+
+EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
+    "onnx": SegFaceExportFormat("onnx", ".onnx", "onnxruntime", "float32", None, MIN_ARGMAX_AGREEMENT,
+                                "onnx/model.onnx"),  # fmt: skip
+    "onnx-fp16": SegFaceExportFormat("onnx-fp16", ".onnx", "onnxruntime", "float16", 0.02, 0.99,
+                                     "onnx/model_fp16.onnx"),  # fmt: skip
+    "onnx-int8": SegFaceExportFormat("onnx-int8", ".onnx", "onnxruntime", "int8", 0.25, 0.90,
+                                     "onnx/model_quantized.onnx"),  # fmt: skip
+}
+
+
+def export_format(name: str) -> SegFaceExportFormat:
+    """The format called `name`; a one-line `SegFaceExportError` naming the supported ones otherwise."""
+    if name not in EXPORT_FORMATS:
+        raise SegFaceExportError(f"unsupported export format {name!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    return EXPORT_FORMATS[name]
+
+
+@dataclass
+class SegFaceExportFidelity(LogitAgreement):
+    """How an export's outputs compare with PyTorch's on held-out face crops: [`LogitAgreement`] (ties within
+    `TIE_TOLERANCE` excused) plus the number of faces compared, `faces`, a keyword argument."""
+
+    faces: int = field(kw_only=True)
+
+    def __str__(self) -> str:
+        return f"{self.faces} held-out faces: {self.describe()}"
+
+
+@dataclass
+class SegFaceExportResult:
+    """What [`export_model`] wrote and measured.
+
+    Args:
+        path (`Path`): the exported file.
+        format (`str`): its format name.
+        size_bytes (`int`): its size.
+        fidelity ([`SegFaceExportFidelity`], *optional*): the check against PyTorch (`None` when skipped).
+        latency_ms (`float`, *optional*): median time of one face in the runtime, after a warm-up call.
+        calibration_faces (`int`): faces the int8 ranges were calibrated on (0 for other formats).
+        input_names (`list[str]`): graph inputs, in order.
+        image_size (`tuple[int, int]`): the (height, width) the file takes.
+    """
+
+    path: Path
+    format: str
+    size_bytes: int
+    fidelity: SegFaceExportFidelity | None
+    latency_ms: float | None
+    calibration_faces: int
+    input_names: list[str]
+    image_size: tuple[int, int]
+    quantization: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["path"] = str(self.path)
+        if self.fidelity is not None:
+            record["fidelity"]["passed"] = self.fidelity.passed
+        return record
+
+    def __str__(self) -> str:
+        height, width = self.image_size
+        kind = self.format + (f" ({self.quantization})" if self.quantization else "")
+        text = (
+            f"Exported SegFace to {self.path} as {kind}, {self.size_bytes / 2**20:.1f} MiB: inputs "
+            f"{', '.join(self.input_names)} at {height}x{width}, dynamic batch size"
+        )
+        if self.calibration_faces:
+            text += f"; calibrated on {self.calibration_faces} faces"
+        if self.fidelity is not None:
+            text += f"; {EXPORT_FORMATS[self.format].runtime} against PyTorch on {self.fidelity}"
+        if self.latency_ms is not None:
+            text += f"; {self.latency_ms:.1f} ms per face"
+        return text
+
+
+# ------------------------------------------------------------------------------------------------ face crops
+
+
+def face_inputs(
+    model_config,
+    folder: str | os.PathLike | None,
+    image_size: tuple[int, int],
+    processor=None,
+    detector=None,
+) -> list[dict[str, np.ndarray]]:
+    """The model inputs of every face in a folder of photos, framed as the model expects.
+
+    Each photo goes through the face detector; each face is cut with the framing of the model's training data
+    ([`~segface_hf.inference.faces.framing_for`]) and prepared by the image processor at `image_size` (with its 5
+    landmarks for face-warp models).
+
+    Args:
+        model_config (`SegFaceConfig`): the model's config (framing, landmarks).
+        folder (`str` or `os.PathLike`, *optional*): photos (searched recursively); the bundled public-domain photos
+            when not given.
+        image_size (`tuple[int, int]`): the (height, width) of the inputs.
+        processor (`SegFaceImageProcessor`, *optional*): normalisation; the original's (ImageNet) when not given.
+        detector (`SegFaceFaceDetector`, *optional*): a detector to reuse.
+
+    Returns:
+        `list[dict[str, np.ndarray]]`: one `{"pixel_values": (1, 3, H, W)[, "landmarks": (1, 5, 2)]}` per face, in
+        the order of the photos' paths and, within a photo, largest face first.
+    """
+    from ..image_io import SegFaceImageError, load_image, to_rgb
+    from ..image_processing_segface import SegFaceImageProcessor
+    from ..inference.faces import SegFaceFaceDetector, face_crops, framing_for
+    from ..inference.predict import collect_inputs
+
+    source = Path(folder).expanduser() if folder is not None else BUNDLED_PHOTOS
+    if not source.is_dir():
+        raise SegFaceExportError(f"the calibration folder {str(source)!r} does not exist or is not a folder.")
+    photos, _ = collect_inputs([str(source)])
+    if not photos:
+        raise SegFaceExportError(f"the calibration folder {str(source)!r} holds no images.")
+    processor = processor if processor is not None else SegFaceImageProcessor()
+    detector = detector if detector is not None else SegFaceFaceDetector()
+    height, width = image_size
+    framing = framing_for(model_config)
+    inputs = []
+    for photo in photos:
+        try:
+            image = to_rgb(load_image(photo.path))
+        except SegFaceImageError:
+            continue  # an unreadable file is not a face
+        crops = face_crops(image, detector(image), framing, (width, height))
+        for crop in crops:
+            kwargs = {"landmarks": [crop.landmarks]} if model_config.use_face_warp else {}
+            prepared = processor([crop.image], size={"height": height, "width": width}, return_tensors="np", **kwargs)
+            face = {"pixel_values": np.ascontiguousarray(prepared["pixel_values"], dtype=np.float32)}
+            if model_config.use_face_warp:
+                face["landmarks"] = np.ascontiguousarray(prepared["landmarks"], dtype=np.float32)
+            inputs.append(face)
+    if not inputs:
+        raise SegFaceExportError(
+            f"no faces found in the {len(photos)} images of {str(source)!r}; give a folder of photos with faces."
+        )
+    return inputs
+
+
+def split_held_out(faces: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """`(calibration, held_out)`: every `HELD_OUT_EVERY`-th face (counting from the last, at least one) is held out;
+    with a single face it serves both."""
+    held = {len(faces) - 1 - i for i in range(0, len(faces), HELD_OUT_EVERY)}
+    calibration = [face for i, face in enumerate(faces) if i not in held]
+    held_out = [face for i, face in enumerate(faces) if i in held]
+    return (calibration or list(held_out)), held_out
+
+
+def _batched(faces: Sequence[dict]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([face[name] for face in faces]) for name in faces[0]}
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+def pytorch_logits(model: nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's float32 logits for numpy inputs, on the model's device."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        inputs = {name: torch.from_numpy(array).to(device) for name, array in feed.items()}
+        return model(**inputs).logits.float().cpu().numpy()
+
+
+def compare_logits(
+    candidate: Sequence[np.ndarray], reference: Sequence[np.ndarray], export: SegFaceExportFormat
+) -> SegFaceExportFidelity:
+    """Fidelity of `candidate` logits to PyTorch's `reference` (lists of `(batch, classes, H, W)` arrays) against
+    `export`'s thresholds."""
+    pairs = list(zip(candidate, reference))
+    for got, expected in pairs:
+        if got.shape != expected.shape:
+            raise SegFaceExportError(f"the export returned logits of shape {got.shape}, PyTorch {expected.shape}.")
+    largest = max(float(np.abs(got - expected).max()) for got, expected in pairs)
+    scale = max(float(np.abs(expected).max()) for _, expected in pairs)
+    agreement, strict = argmax_agreement(pairs, tie_tolerance=TIE_TOLERANCE)
+    return SegFaceExportFidelity(
+        faces=sum(expected.shape[0] for _, expected in pairs),
+        max_abs_difference=largest,
+        max_abs_logit=scale,
+        argmax_agreement=agreement,
+        strict_argmax_agreement=strict,
+        max_allowed_difference=export.max_difference(scale),
+        min_allowed_agreement=export.min_argmax_agreement,
+    )
+
+
+def check_export(run, model: nn.Module, held_out: Sequence[dict], export: SegFaceExportFormat) -> SegFaceExportFidelity:
+    """Run an export (`run(feed) -> logits`) on the held-out faces, all in one batch and the first alone (two batch
+    sizes, for the dynamic batch dimension), and compare with PyTorch."""
+    batches = [_batched(held_out)] + ([held_out[0]] if len(held_out) > 1 else [])
+    expected = [pytorch_logits(model, feed) for feed in batches]
+    fidelity = compare_logits([run(feed) for feed in batches], expected, export)
+    fidelity.faces = len(held_out)
+    return fidelity
+
+
+def median_latency_ms(run, feed: dict[str, np.ndarray], repeats: int = 3) -> float:
+    """Median wall time of `run(feed)` after one warm-up call, in milliseconds."""
+    run(feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(feed)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def onnx_runner(path: str | os.PathLike, threads: int | None = None):
+    """`run(feed) -> logits` for an ONNX file, with onnxruntime on the CPU."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # not the float16 graph's notes on ops it cannot constant-fold
+    session = load_onnx_session(path, threads=threads)
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(["logits"], feed)[0]
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ converting
+
+
+def convert_to_float16(source: Path, target: Path) -> None:
+    """Write `source`'s graph with float16 weights and arithmetic, keeping float32 inputs and outputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, disable_shape_infer=False)
+    onnx.save(graph, str(target))
+
+
+# Nodes from the first one of this module on (the class tokens' MLP and the class-by-pixel products that make the
+# logits) stay in float in static int8: little compute, but they decide the argmax (on the tiny test model, strict
+# argmax agreement 0.81 with them quantized, 0.94 without).
+FLOAT_OUTPUT_SCOPE = "mask_decoder.output_hypernetwork_mlp"
+
+
+def output_stage_nodes(path: str | os.PathLike) -> list[str]:
+    """Names of the exported graph's nodes from the first one in `FLOAT_OUTPUT_SCOPE` to the end (the exporter
+    records each node's module in its `namespace` metadata)."""
+    import onnx
+
+    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    for index, node in enumerate(nodes):
+        scope = {entry.key: entry.value for entry in node.metadata_props}.get("namespace", "")
+        if FLOAT_OUTPUT_SCOPE in scope:
+            return [later.name for later in nodes[index:]]
+    return []
+
+
+def quantize_to_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]], mode: str) -> None:
+    """Write `source`'s graph quantized to int8: `static` QDQ with per-channel int8 weights and uint8 activations
+    calibrated (min/max) on `calibration` (the output stage, `output_stage_nodes`, in float), or `dynamic` int8
+    weights of the matrix products."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_name(target.stem + ".prepared.onnx")
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the quantizer warns for every rank-1 weight it leaves in float
+    try:
+        quant_pre_process(str(source), str(prepared))
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+        else:
+
+            class FaceReader(CalibrationDataReader):
+                def __init__(self):
+                    self.faces = iter(calibration)
+
+                def get_next(self):
+                    return next(self.faces, None)
+
+            reader = FaceReader()
+            quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=output_stage_nodes(source))  # fmt: skip
+    finally:
+        logger.setLevel(level)
+        if prepared.exists():
+            prepared.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def check_output(output_path: str | os.PathLike, export: SegFaceExportFormat, overwrite: bool) -> Path:
+    """The output path, checked: the format's suffix, not a folder, not an existing file unless `overwrite`."""
+    output = Path(output_path).expanduser()
+    if output.suffix != export.suffix:
+        raise SegFaceExportError(f"--output must name a {export.suffix} file for {export.name}, got {str(output)!r}.")
+    if output.is_dir():
+        raise SegFaceExportError(f"--output {output} is a folder; name the {export.suffix} file to write.")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
+    return output
+
+
+def export_model(
+    model: nn.Module,
+    output_path: str | os.PathLike,
+    format: str = "onnx",
+    calibration: str | os.PathLike | None = None,
+    processor=None,
+    image_size: int | tuple[int, int] | None = None,
+    quantization: str = "static",
+    opset_version: int = 20,
+    verify: bool = True,
+    overwrite: bool = False,
+    threads: int | None = None,
+    detector=None,
+    faces: Sequence[dict[str, np.ndarray]] | None = None,
+) -> SegFaceExportResult:
+    """Export a SegFace model in `format`, check it in its runtime against PyTorch and move it into place.
+
+    Args:
+        model (`SegFaceForSemanticSegmentation`):
+            The model, float32.
+        output_path (`str` or `os.PathLike`):
+            The file to write (its folder is created if needed).
+        format (`str`, *optional*, defaults to `"onnx"`):
+            One of `EXPORT_FORMATS`.
+        calibration (`str` or `os.PathLike`, *optional*):
+            A folder of photos with faces: int8 ranges are calibrated on most of its faces, and every export is
+            checked on the others. Defaults to the bundled public-domain photos.
+        processor (`SegFaceImageProcessor`, *optional*):
+            The model's image processor (normalisation of the face crops); the original's when not given.
+        image_size (`int` or `tuple[int, int]`, *optional*):
+            The (height, width) the file takes; the model's `config.image_size` by default.
+        quantization (`str`, *optional*, defaults to `"static"`):
+            For `onnx-int8`: `static` (calibrated QDQ) or `dynamic` (int8 matrix-product weights only).
+        opset_version (`int`, *optional*, defaults to 20):
+            ONNX opset.
+        verify (`bool`, *optional*, defaults to `True`):
+            Whether to check the export against PyTorch before keeping it (and time it). Without it no faces are
+            needed except to calibrate int8.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Whether to replace an existing file.
+        threads (`int`, *optional*):
+            Runtime threads for the check and the timing.
+        detector (`SegFaceFaceDetector`, *optional*):
+            A face detector to reuse.
+        faces (`list[dict[str, np.ndarray]]`, *optional*):
+            Face inputs as [`face_inputs`] returns them, instead of detecting the faces of `calibration` again.
+
+    Returns:
+        [`SegFaceExportResult`]: the file, its size, fidelity and latency.
+    """
+    export = export_format(format)
+    if quantization not in QUANTIZATION_MODES:
+        raise SegFaceExportError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}.")
+    output = check_output(output_path, export, overwrite)
+    if image_size is None:
+        image_size = model.config.image_size
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    model.eval()
+    static_int8 = export.precision == "int8" and quantization == "static"
+    if faces is None:
+        needed = verify or static_int8
+        faces = face_inputs(model.config, calibration, image_size, processor, detector) if needed else []
+    for face in faces:
+        if face["pixel_values"].shape[2:] != image_size:
+            size = face["pixel_values"].shape[2:]
+            raise SegFaceExportError(f"face inputs of size {size} for an export at {image_size}.")
+    calibration_faces, held_out = split_held_out(faces) if faces else ([], [])
+    if not static_int8:
+        calibration_faces = []
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".segface-export-", dir=output.parent))
+    try:
+        float_path = staging / "model_float32.onnx"
+        onnx_result = export_onnx(model, float_path, image_size=image_size, opset_version=opset_version,
+                                  verify=verify)  # fmt: skip
+        candidate = staging / "model.onnx"
+        if export.precision == "float32":
+            os.replace(float_path, candidate)
+        elif export.precision == "float16":
+            convert_to_float16(float_path, candidate)
+        else:
+            quantize_to_int8(float_path, candidate, calibration_faces, quantization)
+        fidelity = latency = None
+        if verify:
+            run = onnx_runner(candidate, threads=threads)
+            fidelity = check_export(run, model, held_out, export)
+            if not fidelity.passed:
+                raise SegFaceExportError(f"the {export.name} export does not reproduce the PyTorch model: {fidelity}")
+            latency = median_latency_ms(run, held_out[0])
+        os.replace(candidate, output)
+    except SegFaceError:
+        raise
+    except Exception as error:  # the converters raise many kinds; report one line
+        raise SegFaceExportError(f"the {export.name} export failed: {error_summary(error)}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return SegFaceExportResult(
+        path=output,
+        format=export.name,
+        size_bytes=output.stat().st_size,
+        fidelity=fidelity,
+        latency_ms=latency,
+        calibration_faces=len(calibration_faces),
+        input_names=onnx_result.input_names,
+        image_size=image_size,
+        quantization=quantization if export.precision == "int8" else None,
+    )
+
+
+__all__ = [
+    "BUNDLED_PHOTOS",
+    "EXPORT_FORMATS",
+    "QUANTIZATION_MODES",
+    "SegFaceExportError",
+    "SegFaceExportFidelity",
+    "SegFaceExportFormat",
+    "SegFaceExportResult",
+    "check_export",
+    "check_output",
+    "compare_logits",
+    "export_format",
+    "export_model",
+    "face_inputs",
+    "median_latency_ms",
+    "onnx_runner",
+    "pytorch_logits",
+    "split_held_out",
+]
