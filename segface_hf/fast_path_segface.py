@@ -358,15 +358,19 @@ def positional_tokens(
     """The encoding of a `SegFacePositionalEmbedding` as row-major tokens `(1, height * width, hidden_size)` in
     `dtype`. It depends only on the grid size and the stored matrix, so eager passes reuse it while the matrix is
     unchanged (same storage, same version)."""
+    if not plan.caches:
+        # A tracer must not see the cache at all: dynamo would guard on the weak dictionary's contents, which the
+        # garbage collector changes between tracing and building the guards.
+        encoding = embedding.encode(height, width).to(dtype)
+        return encoding.view(1, height * width, encoding.shape[-1])
     matrix = embedding.positional_embedding
-    key = (height, width, dtype, matrix.device, matrix.data_ptr(), matrix._version) if plan.caches else None
+    key = (height, width, dtype, matrix.device, matrix.data_ptr(), matrix._version)
     cached = _ENCODING_CACHE.get(embedding)
     if cached is not None and cached[0] == key:
         return cached[1]
     encoding = embedding.encode(height, width).to(dtype)
     tokens = encoding.view(1, height * width, encoding.shape[-1])
-    if key is not None:
-        _ENCODING_CACHE[embedding] = (key, tokens)
+    _ENCODING_CACHE[embedding] = (key, tokens)
     return tokens
 
 

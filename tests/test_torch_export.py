@@ -7,11 +7,13 @@ the eager model's logits (max difference at most 1e-4) at a batch size other tha
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from conftest import BACKBONE_FAMILIES, tiny_config
 
-from segface_hf import SegFaceForSemanticSegmentation
+from segface_hf import SegFaceForSemanticSegmentation, fast_path_segface
 
 EXPORT_FAMILIES = ["swin", "convnext", "resnet", "timm-mobilenet"]
 
@@ -19,6 +21,38 @@ EXPORT_FAMILIES = ["swin", "convnext", "resnet", "timm-mobilenet"]
 def _model(family):
     torch.manual_seed(0)
     return SegFaceForSemanticSegmentation(tiny_config(family)).eval()
+
+
+class _CacheClosedToTracers(weakref.WeakKeyDictionary):
+    """An eager-pass cache that fails the moment a tracer reads or writes it. A tracer that looks into a weak
+    dictionary guards on its contents, which the garbage collector may change before the guards are built (that
+    made strict export fail at random in CI)."""
+
+    def _check(self):
+        if fast_path_segface.is_tracing():
+            raise AssertionError("a Python-side cache was touched while tracing")
+
+    def get(self, key, default=None):
+        self._check()
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self._check()
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self._check()
+        super().__setitem__(key, value)
+
+    def setdefault(self, key, default=None):
+        self._check()
+        return super().setdefault(key, default)
+
+
+@pytest.fixture(autouse=True)
+def caches_closed_to_tracers(monkeypatch):
+    monkeypatch.setattr(fast_path_segface, "_ENCODING_CACHE", _CacheClosedToTracers())
+    monkeypatch.setattr(fast_path_segface, "_SWIN_WINDOW_CACHE", _CacheClosedToTracers())
 
 
 def _logits(output):
