@@ -192,3 +192,64 @@ def test_evaluate_script_prints_writes_json_and_model_card(tmp_path, capsys):
     (folder / "id2label.json").write_text(json.dumps({"0": "background", "1": "beard"}))
     assert script.main(["--model", str(tmp_path / "model"), "--dataset", str(folder), "--num-workers", "0"]) == 2
     assert "['beard'] are not among" in capsys.readouterr().err
+
+
+def test_an_exported_file_is_scored_in_its_runtime_beside_the_pytorch_model(tmp_path, capsys):
+    """`segface evaluate --exported`: the ONNX file's scores are those of its own logits (counted here from an
+    onnxruntime session of our own) and its agreement with PyTorch is the share of pixels with the same argmax."""
+    import datasets
+
+    from segface_hf.release.exported_model import SegFaceExportedModel, SegFaceExportedModelError
+    from segface_hf.release.onnx_export import export_onnx, load_onnx_session
+
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2)
+    config.id2label, config.label2id = dict(NAMES), {v: k for k, v in NAMES.items()}
+    model = SegFaceForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    processor = SegFaceImageProcessor(size=64)
+    processor.save_pretrained(tmp_path / "model")
+    export_onnx(model, tmp_path / "model.onnx", image_size=(64, 64))
+    # the labels: half the image skin, and images of two colours so that the predictions differ
+    label = np.zeros((64, 64), np.uint8)
+    label[:, :32] = 1
+    rows = [{"image": PIL.Image.new("RGB", (64, 64), colour), "label": PIL.Image.fromarray(label)}
+            for colour in ((200, 150, 120), (30, 40, 50))]  # fmt: skip
+    folder = tmp_path / "data"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(folder))
+    (folder / "id2label.json").write_text(json.dumps({"0": "background", "1": "skin"}))
+
+    # the truth: our own onnxruntime session and PyTorch on the processor's inputs, counted by hand
+    session = load_onnx_session(tmp_path / "model.onnx", threads=1)
+    pixels = processor([row["image"] for row in rows], return_tensors="pt")["pixel_values"]
+    onnx_argmax = session.run(["logits"], {"pixel_values": pixels.numpy()})[0].argmax(axis=1)
+    with torch.no_grad():
+        torch_argmax = model(pixels).logits.argmax(dim=1).numpy()
+    skin = onnx_argmax == 1
+    truth = label[None].repeat(2, axis=0) == 1
+    expected_f1 = 2 * (skin & truth).sum() / (skin.sum() + truth.sum())
+
+    script = _script("evaluate")
+    out = tmp_path / "exported.json"
+    assert script.main(["--model", str(tmp_path / "model"), "--dataset", str(folder), "--num-workers", "0",
+                        "--exported", str(tmp_path / "model.onnx"), "--output-json", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["settings"]["exported"] == str(tmp_path / "model.onnx")
+    assert record["scores"]["f1"]["skin"] == pytest.approx(expected_f1)
+    assert record["scores"]["argmax_agreement"] == pytest.approx((onnx_argmax == torch_argmax).mean())
+    assert "pixels where the export predicts the PyTorch model's class" in printed
+
+    # bad input: one line each
+    for bad, message in ((tmp_path / "model.pte", "ending in .onnx"), (tmp_path / "missing.onnx", "does not exist")):
+        with pytest.raises(SegFaceExportedModelError, match=message):
+            SegFaceExportedModel(bad, config)
+    (tmp_path / "broken.onnx").write_bytes(b"not a graph")
+    with pytest.raises(SegFaceExportedModelError, match="cannot be loaded with onnxruntime"):
+        SegFaceExportedModel(tmp_path / "broken.onnx", config)
+    wrong_size = SegFaceExportedModel(tmp_path / "model.onnx", config)
+    with pytest.raises(SegFaceExportedModelError, match="the size it was exported at"):
+        wrong_size(torch.zeros(1, 3, 32, 32))
+    assert script.main(["--model", str(tmp_path / "model"), "--dataset", str(folder), "--exported",
+                        str(tmp_path / "model.onnx"), "--model-card"]) == 2  # fmt: skip
+    assert "leave out --model-card" in capsys.readouterr().err

@@ -44,6 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-json", default=None, help="where to write the scores as JSON")
     parser.add_argument("--model-card", nargs="?", const="auto", default=None,
                         help="record the scores in a model card: the model folder's README.md, or the given path")  # fmt: skip
+    parser.add_argument("--exported", default=None, metavar="FILE",
+                        help="score a file segface export wrote from --model (e.g. int8 ONNX) in its own runtime, "
+                             "and report its pixel agreement with the PyTorch model")  # fmt: skip
     parser.add_argument("--constant-prediction", default=None, metavar="CLASS",
                         help="score the trivial predictor that outputs CLASS (a name of the model's classes) "
                              "everywhere instead of the model: a floor to compare against")  # fmt: skip
@@ -85,6 +88,8 @@ def _constant_baseline(args) -> EvaluationResult:
 def run(args: argparse.Namespace) -> int:
     from ..training.evaluation import evaluate_pretrained, format_scores_table, write_model_card
 
+    if args.exported and (args.model_card is not None or args.constant_prediction is not None):
+        raise ValueError("--exported scores an export of --model; leave out --model-card and --constant-prediction.")
     if args.constant_prediction is not None:
         result = _constant_baseline(args)
     else:
@@ -93,11 +98,14 @@ def run(args: argparse.Namespace) -> int:
             dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
             landmarks_column=args.landmarks_column, crop_box_column=args.crop_box_column,
             merged_entries=args.merged_entries, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device,
+            device=args.device, exported=args.exported,
         )  # fmt: skip
     model_dir = Path(args.model)
     local = model_dir.is_dir()
-    suffix = "_constant_" + args.constant_prediction if args.constant_prediction else ""
+    if args.constant_prediction:
+        suffix = "_constant_" + args.constant_prediction
+    else:
+        suffix = "_" + Path(args.exported).stem if args.exported else ""
     default_json = (model_dir if local else Path.cwd()) / f"eval_{args.split}_{args.at}{suffix}.json"
     json_path = result.save(args.output_json or default_json)
     card_path = None
@@ -110,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_scores_table(result.scores))
     mean_f1 = result.scores["mean_f1"]
     print(f"mean F1 {100 * mean_f1:.2f}" if mean_f1 is not None else "mean F1 undefined")
+    if "argmax_agreement" in result.scores:
+        agreement = 100 * result.scores["argmax_agreement"]
+        print(f"pixels where the export predicts the PyTorch model's class: {agreement:.2f}%")
     print(f"scores written to {json_path}" + (f" and {card_path}" if card_path else ""))
     return 0

@@ -65,6 +65,7 @@ def run_evaluation(
     merged_entries=None,
     background_index: int | None = 0,
     show_progress: bool = True,
+    reference_model=None,
 ) -> dict:
     """Run `model` over a split and score it.
 
@@ -93,9 +94,14 @@ def run_evaluation(
             The class left out of mean F1.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar.
+        reference_model ([`SegFaceForSemanticSegmentation`], *optional*):
+            A model to compare `model` with on the same inputs (e.g. the PyTorch model an exported `model` came
+            from): the share of pixels where both predict the same class, at the protocol's resolution, is added as
+            `argmax_agreement`.
 
     Returns:
-        `dict`: the scores (see `segface_hf.metrics.scores_from_confusion`) plus `num_images`.
+        `dict`: the scores (see `segface_hf.metrics.scores_from_confusion`) plus `num_images` (and
+        `argmax_agreement` with a `reference_model`).
     """
     from .data import SegFaceSegmentationDataset, model_inputs, segface_collate
 
@@ -117,26 +123,38 @@ def run_evaluation(
     num_labels = model.config.num_labels
     ignore_index = label_mapping.ignore_index
     total = torch.zeros(num_labels, num_labels, dtype=torch.long, device=device)
-    images = 0
+    images = agreeing = compared = 0
     model.eval().to(device)
+    if reference_model is not None:
+        reference_model.eval().to(device)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"evaluate ({at} resolution)", disable=not show_progress):
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "labels"}
             logits = model(**inputs).logits
+            reference = reference_model(**inputs).logits if reference_model is not None else None
             if at == "model":
                 labels = batch["labels"].to(device)
-                total += batch_confusion_matrices(logits.argmax(dim=1), labels, num_labels, ignore_index).sum(dim=0)
+                predictions = logits.argmax(dim=1)
+                total += batch_confusion_matrices(predictions, labels, num_labels, ignore_index).sum(dim=0)
+                if reference is not None:
+                    agreeing += int((predictions == reference.argmax(dim=1)).sum())
+                    compared += predictions.numel()
             else:
-                for image_logits, native in zip(logits, batch["native_labels"]):
+                for index, (image_logits, native) in enumerate(zip(logits, batch["native_labels"])):
                     native = native.to(device)
                     prediction = resized_argmax(image_logits, tuple(native.shape))
                     total += batch_confusion_matrices(prediction[None], native[None], num_labels, ignore_index)[0]
+                    if reference is not None:
+                        agreeing += int((prediction == resized_argmax(reference[index], tuple(native.shape))).sum())
+                        compared += prediction.numel()
             images += logits.shape[0]
     names = [model.config.id2label[i] for i in range(num_labels)]
     scores = scores_from_confusion(
         total.cpu().numpy(), label_names=names, background_index=background_index, merged_entries=merged_entries
     )
     scores["num_images"] = images
+    if reference_model is not None:
+        scores["argmax_agreement"] = agreeing / max(compared, 1)
     return scores
 
 
@@ -291,10 +309,12 @@ def evaluate_pretrained(
     num_workers: int = 0,
     device: str | None = None,
     show_progress: bool = True,
+    exported: str | Path | None = None,
 ) -> EvaluationResult:
     """Load a model (folder or Hub repo) and a dataset split and run [`run_evaluation`]. Column arguments accept
     `"auto"` (landmarks: `landmarks_5` for face-warp models; crop box: `crop_box` when the split has it) and
-    `"none"`."""
+    `"none"`. With `exported` (a file `segface export` wrote from this model), the file is scored in its own runtime
+    instead, and its argmax agreement with the PyTorch model is added to the scores."""
     from ..modeling_segface import SegFaceForSemanticSegmentation
     from .sources import load_dataset_splits, resolve_label_spec
 
@@ -313,16 +333,26 @@ def evaluate_pretrained(
     mapping = model_label_mapping(
         {int(k): v for k, v in model.config.id2label.items()}, spec, model.config.loss_ignore_index
     )
+    evaluated, reference, name = model, None, model_name_or_path
+    if exported is not None:
+        from ..release.exported_model import SegFaceExportedModel
+
+        evaluated, reference = SegFaceExportedModel(exported, model.config), model
+        name = f"{exported} (exported from {model_name_or_path})"
+        device = "cpu"  # the exported file's runtime runs on the CPU; the reference runs beside it
     start = time.time()
     scores = run_evaluation(
-        model, splits[split], mapping, processor=processor, at=at, batch_size=batch_size, num_workers=num_workers,
-        device=device, image_column=image_column, label_column=label_column, landmarks_column=landmarks,
-        crop_box_column=crop_box, merged_entries=merged_entries, show_progress=show_progress,
+        evaluated, splits[split], mapping, processor=processor, at=at, batch_size=batch_size,
+        num_workers=num_workers, device=device, image_column=image_column, label_column=label_column,
+        landmarks_column=landmarks, crop_box_column=crop_box, merged_entries=merged_entries,
+        show_progress=show_progress, reference_model=reference,
     )  # fmt: skip
     settings = {"image_size": model.config.image_size, "landmarks_column": landmarks, "crop_box_column": crop_box,
                 "merged_entries": merged_entries if isinstance(merged_entries, str) else None,
                 "labels": spec.source if spec is not None else None}  # fmt: skip
-    return EvaluationResult(scores=scores, protocol=at, dataset=dataset, split=split, model=model_name_or_path,
+    if exported is not None:
+        settings["exported"] = str(exported)
+    return EvaluationResult(scores=scores, protocol=at, dataset=dataset, split=split, model=name,
                             seconds=time.time() - start, settings=settings)  # fmt: skip
 
 
