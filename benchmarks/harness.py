@@ -52,6 +52,9 @@ _TORCHVISION_CONSTRUCTORS = (
     "convnext_tiny", "resnet101", "mobilenet_v3_large", "efficientnet_v2_m",
 )  # fmt: skip
 
+# The speed peer most face tools embed (github.com/yakhyo/face-parsing, MIT): its rows are named after it.
+PEER_NAME = "BiSeNet-ResNet18"
+
 IMPLEMENTATION_FAST = "segface-hf"
 IMPLEMENTATION_REFERENCE = "segface-hf reference path"
 IMPLEMENTATION_ORIGINAL = "original"
@@ -113,6 +116,10 @@ class BenchmarkSettings:
             Whether to time face detection (see [`time_face_detection`]).
         detection_images (`str`, *optional*):
             Folder with the shared photos the detection photos are made from (default: `../shared/images`).
+        peer_code (`str`, *optional*):
+            A checkout of github.com/yakhyo/face-parsing (its `models/bisenet.py`): BiSeNet-ResNet18 with random
+            weights and 19 classes is timed beside each model at the same input size, in PyTorch and through the same
+            onnxruntime paths (`onnx`, `onnx_int8`).
         seed (`int`, *optional*, defaults to 0):
             Seed of random weights and inputs.
     """
@@ -137,6 +144,7 @@ class BenchmarkSettings:
     processor_input_size: tuple[int, int] = (480, 640)
     detection: bool = False
     detection_images: str | None = None
+    peer_code: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -164,6 +172,8 @@ class BenchmarkSettings:
             raise ValueError("CUDA graphs need --device cuda.")
         if self.original_code is not None:
             _original_root(self.original_code)  # fails early on a wrong folder
+        if self.peer_code is not None:
+            _peer_root(self.peer_code)
 
 
 @dataclass
@@ -505,6 +515,46 @@ def build_original(original_code: str | os.PathLike, variant: str, resolution: i
     return OriginalSegFace(model, dataset).eval()
 
 
+def _peer_root(peer_code: str | os.PathLike) -> Path:
+    root = Path(peer_code).expanduser().resolve()
+    if not (root / "models" / "bisenet.py").is_file():
+        raise FileNotFoundError(
+            f"{root} does not hold the BiSeNet peer: expected models/bisenet.py in it (a checkout of "
+            f"github.com/yakhyo/face-parsing)."
+        )
+    return root
+
+
+class PeerBiSeNet(nn.Module):
+    """BiSeNet behind this package's call signature: `(pixel_values, landmarks=None)` to the parsing logits. Its
+    forward also computes the two auxiliary heads, as the peer's own inference does."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(pixel_values)[0]
+
+
+def build_peer(peer_code: str | os.PathLike, seed: int = 0) -> PeerBiSeNet:
+    """BiSeNet-ResNet18 of the peer checkout with random weights (its ResNet-18 built without ImageNet weights) and
+    19 classes, in eval mode on the CPU."""
+    root = _peer_root(peer_code)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    bisenet = importlib.import_module("models.bisenet")
+    resnet = importlib.import_module("models.resnet")
+    constructor = bisenet.resnet18
+    bisenet.resnet18 = lambda **kwargs: resnet.resnet18(weights=None, **kwargs)  # its default downloads weights
+    try:
+        torch.manual_seed(seed)
+        model = bisenet.BiSeNet(19, backbone_name="resnet18")
+    finally:
+        bisenet.resnet18 = constructor
+    return PeerBiSeNet(model).eval()
+
+
 def _cuda_graph(function: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3):
     """Capture `function(example)` in a CUDA graph; the returned callable copies its input in and replays."""
     static_input = example.clone()
@@ -580,7 +630,7 @@ def _time_case(
         timings = time_interleaved(calls, settings.warmup, settings.repeats, _synchronizer(device), on_step)
         # onnxruntime keeps its memory in an arena between calls: its growth over one call says nothing.
         memory = {
-            name: None if name.startswith(IMPLEMENTATION_ONNX) else peak_memory_mib(call, device)
+            name: None if IMPLEMENTATION_ONNX in name else peak_memory_mib(call, device)
             for name, call in calls.items()
         }
     return timings, memory
@@ -589,7 +639,7 @@ def _time_case(
 def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder: str,
                  int8: str | None = None) -> Callable[..., object]:  # fmt: skip
     from segface_hf.release.export import export_model
-    from segface_hf.release.onnx_export import export_onnx, load_onnx_session
+    from segface_hf.release.onnx_export import export_onnx
 
     path = Path(folder) / f"segface_{resolution}{'_int8_' + int8 if int8 else ''}.onnx"
     if int8:
@@ -597,6 +647,12 @@ def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder:
                      overwrite=True)  # fmt: skip
     else:
         export_onnx(model, path, image_size=resolution, overwrite=True)
+    return _onnx_session_runner(path, threads)
+
+
+def _onnx_session_runner(path: Path, threads: int | None) -> Callable[..., object]:
+    from segface_hf.release.onnx_export import load_onnx_session
+
     # No busy-waiting threads: they would take CPU time from the implementation timed next.
     session = load_onnx_session(path, threads=threads, spinning=False)
 
@@ -607,6 +663,28 @@ def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder:
         return session.run(["logits"], feed)
 
     return run
+
+
+def _peer_onnx_runner(peer: PeerBiSeNet, model_config, resolution: int, threads: int | None, folder: str,
+                      int8: str | None = None) -> Callable[..., object]:  # fmt: skip
+    """The peer exported with torch.onnx (as its own `onnx_export.py` does) and, for `int8`, quantized by the same
+    function as SegFace's int8 exports, calibrated (static) on the same face crops."""
+    from segface_hf.release.export import face_inputs, quantize_to_int8, split_held_out
+
+    float_path = Path(folder) / f"peer_{resolution}.onnx"
+    if not float_path.exists():
+        example = torch.zeros(1, 3, resolution, resolution)
+        torch.onnx.export(peer, (example,), str(float_path), input_names=["pixel_values"], output_names=["logits"],
+                          dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, dynamo=True,
+                          verbose=False)  # fmt: skip
+    if not int8:
+        return _onnx_session_runner(float_path, threads)
+    calibration = []
+    if int8 == "static":
+        calibration, _ = split_held_out(face_inputs(model_config, None, (resolution, resolution)))
+    path = Path(folder) / f"peer_{resolution}_int8_{int8}.onnx"
+    quantize_to_int8(float_path, path, calibration, int8)
+    return _onnx_session_runner(path, threads)
 
 
 def time_image_processor(
@@ -719,7 +797,7 @@ def _case_results(
                 model=spec.name,
                 resolution=spec.resolution,
                 implementation=name,
-                device="cpu" if name.startswith(IMPLEMENTATION_ONNX) else settings.device,
+                device="cpu" if IMPLEMENTATION_ONNX in name else settings.device,
                 dtype=dtype_name,
                 batch_size=batch_size,
                 options=_options_label(settings) if name == IMPLEMENTATION_FAST else "eager",
@@ -740,7 +818,8 @@ def _case_results(
 
 
 def _implementations(
-    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_runs
+    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_runs,
+    peer=None,
 ) -> dict[str, Callable[..., object]]:
     """The callables `(pixel_values, landmarks=None)` to time for one model and dtype."""
     device = torch.device(settings.device)
@@ -755,6 +834,8 @@ def _implementations(
         )
     if original is not None:
         implementations[IMPLEMENTATION_ORIGINAL] = original.to(device, dtype)
+    if peer is not None:
+        implementations[f"{PEER_NAME} (PyTorch)"] = peer.to(device, dtype)
     if dtype == torch.float32:
         implementations.update(onnx_runs)
     return implementations
@@ -777,6 +858,7 @@ def _measure_model(
             report.skipped.append(f"{spec.name}: the original runs only for official variants")
         else:
             original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
+    peer = build_peer(settings.peer_code, settings.seed) if settings.peer_code is not None else None
     onnx_runs = {}
     if (settings.onnx or settings.onnx_int8) and "float32" not in settings.dtypes:
         report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
@@ -788,10 +870,16 @@ def _measure_model(
             progress(f"{spec.name}@{spec.resolution}: exporting to ONNX int8 ({mode})")
             onnx_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(base, spec.resolution, settings.threads,
                                                                            scratch, int8=mode)  # fmt: skip
+        if peer is not None:
+            for mode in ([None] if settings.onnx else []) + list(settings.onnx_int8):
+                progress(f"{PEER_NAME}@{spec.resolution}: exporting to ONNX" + (f" int8 ({mode})" if mode else ""))
+                name = f"{PEER_NAME} {IMPLEMENTATION_ONNX}" + (f" int8 {mode}" if mode else " float32")
+                onnx_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads, scratch,
+                                                    int8=mode)  # fmt: skip
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]
         model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
-        implementations = _implementations(spec, dtype, settings, model, original, onnx_runs)
+        implementations = _implementations(spec, dtype, settings, model, original, onnx_runs, peer)
         for batch_size in settings.batch_sizes:
             progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
             inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)
@@ -930,6 +1018,7 @@ __all__ = [
     "SegFaceBenchmarkError",
     "TimingResult",
     "build_original",
+    "build_peer",
     "build_segface",
     "environment_info",
     "format_markdown",

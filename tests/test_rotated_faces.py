@@ -167,6 +167,25 @@ def test_faces_are_found_and_framed_at_any_rotation_and_size(detector):
     assert np.median(errors) <= 0.03 and errors.max() <= 0.06
 
 
+def test_a_confident_wrong_upright_detection_does_not_stop_the_turned_search(detector):
+    """The astronaut at 64 pixels, rolled by 120 degrees: the upright pass "finds" a face with a high score and
+    plausible but wrong landmarks, which O-net does not confirm on any upright patch around it; the turned copies
+    are then searched and the face they find, which O-net confirms, wins."""
+    astronaut = _photo("astronaut.png")
+    upright = detector(astronaut)[0]
+    canvas, to_canvas = _place(astronaut, upright.box, 64, 120)
+    truth = to_canvas(celebamask_hq_quad(upright.landmarks))
+    first_pass = detector.detect(canvas, rotations="never")
+    assert len(first_pass.faces) == 1 and not first_pass.faces[0].refined  # the upright pass alone: unconfirmed
+    assert _corner_error(celebamask_hq_quad(first_pass.faces[0].landmarks), truth) > 0.25
+    found = detector.detect(canvas)
+    assert "turned-90" in found.passes and len(found.faces) == 1
+    face = found.faces[0]
+    assert face.refined and face.found_in != "upright"
+    assert _corner_error(celebamask_hq_quad(face.landmarks), truth) <= 0.03
+    assert abs((face.roll + 120 - upright.roll + 180) % 360 - 180) < 12
+
+
 def test_an_upright_and_a_rotated_face_are_both_parsed_in_place(detector):
     grace, astronaut = _photo("grace_hopper.jpg"), _photo("astronaut.png")
     astronaut_face = detector(astronaut)[0]

@@ -63,6 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "640x480 and a four-face 1920x1080 photo made from ../shared/images")  # fmt: skip
     parser.add_argument("--detection-images", help="folder with grace_hopper.jpg, astronaut.png and camera.png "
                         "(default: ../shared/images of the checkout)")  # fmt: skip
+    parser.add_argument("--peer-code", help="a checkout of github.com/yakhyo/face-parsing: time its BiSeNet-ResNet18 "
+                        "(random weights) beside each model, in PyTorch and through the same onnxruntime paths")  # fmt: skip
     parser.add_argument("--json", dest="json_path", help="write the full report as JSON here")
     parser.add_argument("--markdown", dest="markdown_path", help="write the tables as markdown here")
 
@@ -75,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         variants=args.variants, model_paths=args.model_paths, resolutions=args.resolutions, device=args.device,
         dtypes=args.dtypes, threads=args.threads, batch_sizes=args.batch_sizes, warmup=args.warmup,
         repeats=args.repeats, compile=args.compile, channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
-        reference_path=args.reference_path, original_code=args.original_code, onnx=args.onnx,
-        onnx_int8=args.onnx_int8, image_processor=args.image_processor, detection=args.detection,
+        reference_path=args.reference_path, original_code=args.original_code, peer_code=args.peer_code,
+        onnx=args.onnx, onnx_int8=args.onnx_int8, image_processor=args.image_processor, detection=args.detection,
         detection_images=args.detection_images,
     )  # fmt: skip
     settings.validate()

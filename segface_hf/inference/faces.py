@@ -28,7 +28,7 @@ SegFace models were trained on aligned, centred face crops, so a photo is parsed
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,7 +88,9 @@ _TRANSPOSES = {90: PIL.Image.Transpose.ROTATE_90, 180: PIL.Image.Transpose.ROTAT
 # the diagonal copies only when no plausible face has been found by then. `"always"` searches all eight.
 AUTO_SEARCH_ROLL = 30.0
 # ... or a face scored below this: MTCNN scores the faces it sees upright about 0.998 and more, and those it
-# "finds" lying sideways or upside down (with upright-looking landmarks) about 0.9 to 0.99.
+# "finds" lying sideways or upside down (with upright-looking landmarks) about 0.9 to 0.99. They are also searched
+# when O-net finds no face on the upright patches around a face of the upright pass (see `_refine`): seen rolled by
+# 120 degrees and 64 pixels small, a face can give the upright pass confident, plausible and wrong landmarks.
 AUTO_SEARCH_SCORE = 0.995
 # Faces whose landmarks were found rolled by more than this (in the copy that found them) are refined: detected
 # again on an upright crop (their roll undone), at most `REFINE_ROUNDS` times.
@@ -302,9 +304,10 @@ class SegFaceFaceDetector:
         device (`str` or `torch.device`, *optional*, defaults to `"cpu"`):
             Where the detector runs.
         rotations (`str`, *optional*, defaults to `"auto"`):
-            `"always"` searches all four turned copies; `"auto"` searches the turned copies only when the upright
-            pass finds no plausible face or a face rolled more than `AUTO_SEARCH_ROLL` degrees (so an upright photo
-            costs one pass, but a rotated face next to an upright one can be missed); `"never"` searches upright only.
+            `"always"` searches all eight turned copies; `"auto"` searches the turned copies only when the upright
+            pass finds no plausible face, a face rolled more than `AUTO_SEARCH_ROLL` degrees, scored below
+            `AUTO_SEARCH_SCORE` or not confirmed by O-net on an upright patch (so an upright photo costs one pass,
+            but a rotated face next to an upright one can be missed); `"never"` searches upright only.
     """
 
     def __init__(self, min_face_size: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7), min_score: float = 0.9,
@@ -349,9 +352,20 @@ class SegFaceFaceDetector:
             small = image.resize(size, resample=PIL.Image.BILINEAR, reducing_gap=2.0)
         if min(small.size) < self.min_face_size:
             return SegFaceDetections(passes=())
+        refined: dict[int, _Candidate | None] = {}
+
+        def refine(candidate: _Candidate) -> _Candidate | None:
+            if id(candidate) not in refined:
+                refined[id(candidate)] = self._refine(image, candidate)
+            return refined[id(candidate)]
+
+        def confirmed(candidate: _Candidate) -> bool:
+            return candidate.problem is None and refine(candidate) is not None
+
         candidates = self._detect_turned(small, 0, scale)
         angles = [0]
-        if rotations == "always" or (rotations == "auto" and _needs_turned_passes(candidates)):
+        unconfirmed = rotations == "auto" and not all(confirmed(c) for c in candidates if c.problem is None)
+        if rotations == "always" or (rotations == "auto" and (_needs_turned_passes(candidates) or unconfirmed)):
             for angle in (90, 180, 270):
                 candidates += self._detect_turned(small, angle, scale)
                 angles.append(angle)
@@ -360,9 +374,9 @@ class SegFaceFaceDetector:
                 candidates += self._detect_turned(small, angle, scale)
                 angles.append(angle)
         faces, dropped = [], []
-        for candidate, problem in _merge_candidates(candidates):
+        for candidate, problem in _merge_candidates(candidates, confirmed):
             if problem is None:
-                candidate = self._refine(image, candidate)
+                candidate = refine(candidate) or candidate  # O-net's landmarks, or MTCNN's where it found none
                 problem = landmark_problem(candidate.detection.landmarks)
             if problem is None:
                 faces.append(candidate.detection)
@@ -407,11 +421,13 @@ class SegFaceFaceDetector:
         wins. Each patch is also read mirrored (landmarks mirrored back, left and right swapped) and the two
         averaged, which removes O-net's left/right bias and some of its noise. The landmarks are read again on the
         patch the new landmarks give, `REFINE_ROUNDS` times in all, or until the face is upright within
-        `REFINE_ROLL` degrees in it.
+        `REFINE_ROLL` degrees in it. `None` if O-net finds no plausible face on the first round's patches.
         """
         for round_ in range(REFINE_ROUNDS):
             read = self._read_patches(image, candidate.detection.landmarks, (0, 1, 2, 3) if round_ == 0 else (0,))
             if read is None:
+                if round_ == 0:
+                    return None
                 break
             landmarks, score, quad = read
             upright = landmarks @ np.linalg.inv(_crop_to_image_affine(quad, (1, 1))[:, :2]).T  # patch directions
@@ -486,11 +502,15 @@ def _needs_turned_passes(candidates: Sequence[_Candidate]) -> bool:
                for c in candidates)  # fmt: skip
 
 
-def _merge_candidates(candidates: Sequence[_Candidate]) -> list[tuple[_Candidate, str | None]]:
-    """One detection per face: plausible detections first, each face's with the highest score (MTCNN scores a face
-    seen upright higher than the same face seen rolled or upside down), then the one made closest to upright; a face
-    seen only with implausible landmarks comes back with the reason."""
-    order = sorted(candidates, key=lambda c: (c.problem is not None, -c.detection.score, c.residual_roll))
+def _merge_candidates(
+    candidates: Sequence[_Candidate], confirmed: Callable[[_Candidate], bool]
+) -> list[tuple[_Candidate, str | None]]:
+    """One detection per face: plausible detections first, those O-net `confirmed` on an upright patch before the
+    others, each face's with the highest score (MTCNN scores a face seen upright higher than the same face seen
+    rolled or upside down), then the one made closest to upright; a face seen only with implausible landmarks comes
+    back with the reason."""
+    order = sorted(candidates, key=lambda c: (c.problem is not None, not confirmed(c), -c.detection.score,
+                                              c.residual_roll))  # fmt: skip
     kept: list[tuple[_Candidate, str | None]] = []
     for candidate in order:
         if all(_box_iou(candidate.detection.box, other.detection.box) <= SAME_FACE_IOU for other, _ in kept):
