@@ -4,6 +4,8 @@ Importing the package registers `SegFaceConfig`, `SegFaceForSemanticSegmentation
 `AutoConfig`, `AutoModelForSemanticSegmentation` and `AutoImageProcessor`.
 """
 
+from . import third_party_logging  # noqa: F401  (first: it filters a notice that importing transformers logs)
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .configuration_segface import (

@@ -19,6 +19,8 @@ from benchmarks.harness import (
     DetectionResult,
     SegFaceBenchmarkError,
     build_original,
+    build_peer,
+    run_benchmarks,
     detection_photos,
     format_markdown,
     peak_memory_mib,
@@ -160,6 +162,75 @@ def test_original_code_is_built_without_downloading_weights(tmp_path, monkeypatc
     finally:
         for name in [n for n in sys.modules if n == "network" or n.startswith("network.")]:
             del sys.modules[name]
+
+
+# A stand-in with the BiSeNet peer's layout (github.com/yakhyo/face-parsing): `models/resnet.py` whose resnet18
+# downloads ImageNet weights by default, and `models/bisenet.py` whose BiSeNet calls it and returns three heads.
+_PEER_RESNET = '''
+from torch import nn
+
+
+def resnet18(*, weights="DEFAULT", **kwargs):
+    if weights is not None:
+        raise AssertionError("a pretrained download was attempted")
+    return nn.Conv2d(3, 8, 3, stride=8, padding=1)
+'''
+_PEER_BISENET = '''
+import torch.nn.functional as F
+from torch import nn
+
+from models.resnet import resnet18
+
+
+class BiSeNet(nn.Module):
+    def __init__(self, num_classes, backbone_name="resnet18"):
+        super().__init__()
+        assert backbone_name == "resnet18", backbone_name
+        self.backbone = resnet18()
+        self.heads = nn.ModuleList(nn.Conv2d(8, num_classes, 1) for _ in range(3))
+
+    def forward(self, x):
+        features = self.backbone(x)
+        return tuple(F.interpolate(head(features), x.shape[2:], mode="bilinear", align_corners=True)
+                     for head in self.heads)
+'''
+
+
+def test_the_bisenet_peer_is_built_without_weights_and_timed_beside_the_model(tmp_path, monkeypatch):
+    (tmp_path / "peer" / "models").mkdir(parents=True)
+    (tmp_path / "peer" / "models" / "__init__.py").write_text("")
+    (tmp_path / "peer" / "models" / "resnet.py").write_text(textwrap.dedent(_PEER_RESNET))
+    (tmp_path / "peer" / "models" / "bisenet.py").write_text(textwrap.dedent(_PEER_BISENET))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    peer_modules = lambda: [n for n in sys.modules if n == "models" or n.startswith("models.")]  # noqa: E731
+    for name in peer_modules():
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        peer = build_peer(tmp_path / "peer")
+        assert sys.modules["models.bisenet"].resnet18 is sys.modules["models.resnet"].resnet18  # restored
+        with torch.no_grad():
+            pixel_values = torch.randn(2, 3, 64, 64)
+            assert torch.equal(peer(pixel_values), peer.model(pixel_values)[0])  # the parsing head
+        assert peer(pixel_values).shape == (2, 19, 64, 64) and not peer.training
+
+        torch.manual_seed(0)
+        SegFaceForSemanticSegmentation(tiny_config("timm-mobilenet")).save_pretrained(tmp_path / "tiny")
+        settings = BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], peer_code=str(tmp_path / "peer"),
+                                     onnx=True, onnx_int8=["dynamic"], threads=1, batch_sizes=[1], warmup=0,
+                                     repeats=1)  # fmt: skip
+        settings.validate()
+        report = run_benchmarks(settings)
+        rows = {r.implementation: r for r in report.results}
+        assert set(rows) == {"segface-hf", "onnxruntime", "onnxruntime int8 dynamic", "BiSeNet-ResNet18 (PyTorch)",
+                             "BiSeNet-ResNet18 onnxruntime float32", "BiSeNet-ResNet18 onnxruntime int8 dynamic"}
+        assert rows["BiSeNet-ResNet18 (PyTorch)"].peak_memory_mib is not None
+        assert rows["BiSeNet-ResNet18 onnxruntime float32"].peak_memory_mib is None
+        assert all(r.resolution == 64 and r.device == "cpu" for r in report.results)
+    finally:
+        for name in peer_modules():
+            del sys.modules[name]
+    with pytest.raises(FileNotFoundError, match="models/bisenet.py"):
+        BenchmarkSettings(variants=["mobilenet_celeba_512"], peer_code=str(tmp_path)).validate()
 
 
 def test_markdown_reports_the_speedup_over_the_original():
