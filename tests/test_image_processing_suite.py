@@ -4,8 +4,14 @@ wire theirs (a `<Model>ImageProcessingTester` and a `<Model>ImageProcessingTest`
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import tempfile
 import unittest
+from pathlib import Path
 
+import numpy as np
 import torch
 from transformers_common.tests.test_image_processing_common import (
     ImageProcessingTester,
@@ -61,3 +67,34 @@ class SegFaceImageProcessingTest(ImageProcessingTestMixin, PostProcessSemanticSe
             self.assertEqual(tuple(encoded.shape), (len(images), 3, size["height"], size["width"]))
             without_alpha = image_processor([image[..., :3] for image in images], return_tensors="pt").pixel_values
             self.assertTrue(torch.equal(encoded, without_alpha))
+
+    def test_pil_can_run_without_torchvision(self):
+        """The mixin's check (marked slow upstream) loads the saved processor by name, which works for classes inside
+        transformers; SegFace's load as remote code, so the same check is run here with `trust_remote_code=True`,
+        in an interpreter where torchvision and segface_hf cannot be imported: the saved torchvision module must not
+        stand in the PIL backend's way, and its outputs must equal this process's."""
+        processor = SegFaceImageProcessor(**self.image_processor_dict)
+        inputs = {"images": self.image_processor_tester.prepare_image_inputs(equal_resolution=False)}
+        expected = processor(**inputs, return_tensors=None)
+        script = """
+import pickle, sys
+sys.modules["torchvision"] = None
+sys.modules["segface_hf"] = None
+from transformers import AutoImageProcessor
+folder = sys.argv[1]
+processor = AutoImageProcessor.from_pretrained(folder, backend="pil", trust_remote_code=True)
+assert type(processor).__name__ == "SegFaceImageProcessor", type(processor)
+with open(folder + "/inputs.pkl", "rb") as f:
+    inputs = pickle.load(f)
+with open(folder + "/outputs.pkl", "wb") as f:
+    pickle.dump(dict(processor(**inputs, return_tensors=None)), f)
+"""
+        with tempfile.TemporaryDirectory() as folder:
+            processor.save_pretrained(folder)
+            Path(folder, "inputs.pkl").write_bytes(pickle.dumps(inputs))
+            result = subprocess.run([sys.executable, "-c", script, folder], capture_output=True, text=True)
+            self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+            outputs = pickle.loads(Path(folder, "outputs.pkl").read_bytes())
+        self.assertEqual(len(outputs["pixel_values"]), len(expected["pixel_values"]))
+        for given, wanted in zip(outputs["pixel_values"], expected["pixel_values"]):
+            np.testing.assert_array_equal(given, wanted)
