@@ -162,9 +162,11 @@ class SegFaceImageProcessorFast(SegFaceImageProcessor):
         return array.permute(1, 2, 0)
 
     def _batch(self, data: dict, return_tensors, device) -> BatchFeature:
+        # Every output on the device of the pixel values (labels read from arrays or landmarks start on the CPU).
+        pixel_device = data["pixel_values"][0].device
         if "landmarks" in data:
-            pixel_device = data["pixel_values"][0].device
-            data["landmarks"] = [torch.from_numpy(points).to(pixel_device) for points in data["landmarks"]]
+            data["landmarks"] = [torch.from_numpy(points) for points in data["landmarks"]]
+        data = {key: [value.to(pixel_device) for value in values] for key, values in data.items()}
         if return_tensors == "pt":
             data = {key: torch.stack(value) for key, value in data.items()}
         elif return_tensors == "np":
