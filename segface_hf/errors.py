@@ -11,10 +11,14 @@ class SegFaceError(Exception):
     """
 
 
+class SegFaceMissingDependencyError(SegFaceError, ImportError):
+    """An optional dependency (the face detector, PyAV, torchvision, ...) is not installed."""
+
+
 def error_summary(error: BaseException) -> str:
     """The first line of an error's message, or its class name when the message is empty."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-__all__ = ["SegFaceError", "error_summary"]
+__all__ = ["SegFaceError", "SegFaceMissingDependencyError", "error_summary"]

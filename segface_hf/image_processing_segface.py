@@ -55,6 +55,13 @@ class SegFaceImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    # Class-level defaults, as transformers' processors declare them (an explicit `None` given to `__init__` is
+    # then kept through save and load).
+    do_resize = True
+    resample = PILImageResampling.BICUBIC
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
 
     def __init__(
         self,
@@ -73,15 +80,30 @@ class SegFaceImageProcessor(BaseImageProcessor):
             size = {"height": size, "width": size}
         self.do_resize = do_resize
         self.size = dict(size) if size is not None else {"height": 512, "width": 512}
-        self.resample = int(resample)
+        self.resample = int(resample) if resample is not None else None
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
         self.image_mean = list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
         self.image_std = list(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
 
-    def _target_size(self, image: PIL.Image.Image, do_resize: bool, size: dict) -> tuple[int, int]:
-        return (size["height"], size["width"]) if do_resize else (image.height, image.width)
+    @property
+    def backend(self) -> str:
+        """`str`: The backend this image processor computes with."""
+        return "pil"
+
+    # The per-image steps below are the only backend-specific parts of `preprocess`; the torchvision backend
+    # ([`SegFaceImageProcessorFast`]) overrides them and inherits everything else.
+    def _prepare_image(self, image, input_data_format, device):
+        """One input image in the backend's working form (here an 8-bit RGB PIL image)."""
+        return to_rgb(self._channels_last(image, input_data_format))
+
+    @staticmethod
+    def _image_size(image) -> tuple[int, int]:
+        return image.height, image.width
+
+    def _images_to_arrays(self, images: list, targets: list, *steps) -> list:
+        return [self._image_to_array(image, target, *steps) for image, target in zip(images, targets)]
 
     def _image_to_array(self, image: PIL.Image.Image, target, resample, do_rescale, rescale_factor, do_normalize,
                         image_mean, image_std) -> np.ndarray:  # fmt: skip
@@ -94,6 +116,23 @@ class SegFaceImageProcessor(BaseImageProcessor):
         if do_normalize:
             array = (array - np.asarray(image_mean, np.float32)) / np.asarray(image_std, np.float32)
         return array.transpose(2, 0, 1)
+
+    def _label_to_array(self, segmentation_map, target, device) -> np.ndarray:
+        label_map = to_label_map(segmentation_map)
+        if (label_map.height, label_map.width) != target:
+            label_map = label_map.resize((target[1], target[0]), resample=PIL.Image.NEAREST)
+        return np.asarray(label_map).astype(np.int64)
+
+    @staticmethod
+    def _to_channels_last(array):
+        return array.transpose(1, 2, 0)
+
+    def _batch(self, data: dict, return_tensors, device) -> BatchFeature:
+        """Stack each list of per-image arrays (or keep the lists when `return_tensors` is `None`)."""
+        if return_tensors in ("pt", "np"):
+            data = {key: np.stack(value) for key, value in data.items()}
+        features = BatchFeature(data=data, tensor_type=return_tensors if return_tensors in ("pt", "np") else None)
+        return features.to(device) if device is not None and return_tensors == "pt" else features
 
     def preprocess(
         self,
@@ -112,6 +151,7 @@ class SegFaceImageProcessor(BaseImageProcessor):
         do_convert_rgb: bool | None = None,
         data_format: str | ChannelDimension | None = ChannelDimension.FIRST,
         input_data_format: str | ChannelDimension | None = None,
+        device: "str | torch.device | None" = None,
         **kwargs,
     ) -> BatchFeature:
         """Preprocess one image or a batch.
@@ -133,6 +173,9 @@ class SegFaceImageProcessor(BaseImageProcessor):
                 `"channels_last"`.
             input_data_format (`str` or `ChannelDimension`, *optional*):
                 Layout of array inputs, `"channels_first"` or `"channels_last"`; inferred when not given.
+            device (`str` or `torch.device`, *optional*):
+                Device of the returned tensors (with `return_tensors="pt"`). This PIL backend computes on the CPU
+                and moves the result; [`SegFaceImageProcessorFast`] computes on the device.
         """
         do_resize = self.do_resize if do_resize is None else do_resize
         size = self.size if size is None else ({"height": size, "width": size} if isinstance(size, int) else size)
@@ -143,35 +186,27 @@ class SegFaceImageProcessor(BaseImageProcessor):
         image_mean = self.image_mean if image_mean is None else image_mean
         image_std = self.image_std if image_std is None else image_std
         if kwargs:
-            raise TypeError(f"Unexpected arguments for SegFaceImageProcessor: {sorted(kwargs)}.")
+            raise TypeError(f"Unexpected arguments for {type(self).__name__}: {sorted(kwargs)}.")
         data_format = ChannelDimension(data_format) if data_format is not None else ChannelDimension.FIRST
         input_data_format = ChannelDimension(input_data_format) if input_data_format is not None else None
 
-        image_list = [to_rgb(self._channels_last(image, input_data_format)) for image in _as_list(images)]
+        image_list = [self._prepare_image(image, input_data_format, device) for image in _as_list(images)]
         if not image_list:
             raise SegFaceImageError("No images given.")
-        original_sizes = [(image.height, image.width) for image in image_list]
-        targets = [self._target_size(image, do_resize, size) for image in image_list]
-        pixel_values = [
-            self._image_to_array(image, target, resample, do_rescale, rescale_factor, do_normalize, image_mean,
-                                 image_std)
-            for image, target in zip(image_list, targets)
-        ]  # fmt: skip
+        original_sizes = [self._image_size(image) for image in image_list]
+        targets = [(size["height"], size["width"]) if do_resize else original for original in original_sizes]
+        pixel_values = self._images_to_arrays(image_list, targets, resample, do_rescale, rescale_factor,
+                                              do_normalize, image_mean, image_std)  # fmt: skip
         data = {"pixel_values": pixel_values}
 
         if segmentation_maps is not None:
-            map_list = [to_label_map(m) for m in _as_list(segmentation_maps)]
+            map_list = _as_list(segmentation_maps)
             if len(map_list) != len(image_list):
                 raise SegFaceImageError(f"Got {len(map_list)} segmentation maps for {len(image_list)} images.")
-            labels = []
-            for label_map, target in zip(map_list, targets):
-                if (label_map.height, label_map.width) != target:
-                    label_map = label_map.resize((target[1], target[0]), resample=PIL.Image.NEAREST)
-                labels.append(np.asarray(label_map).astype(np.int64))
-            data["labels"] = labels
+            data["labels"] = [self._label_to_array(m, target, device) for m, target in zip(map_list, targets)]
 
         if data_format == ChannelDimension.LAST:
-            data["pixel_values"] = [array.transpose(1, 2, 0) for array in pixel_values]
+            data["pixel_values"] = [self._to_channels_last(array) for array in pixel_values]
 
         if landmarks is not None:
             points = self._landmark_list(landmarks, len(image_list))
@@ -181,11 +216,10 @@ class SegFaceImageProcessor(BaseImageProcessor):
             ]
 
         if return_tensors in ("pt", "np"):
-            shapes = {array.shape for array in data["pixel_values"]}
+            shapes = {tuple(array.shape) for array in data["pixel_values"]}
             if len(shapes) > 1:
                 raise SegFaceImageError(f"Cannot batch images of different sizes {sorted(shapes)} with do_resize=False.")
-            data = {key: np.stack(value) for key, value in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors if return_tensors in ("pt", "np") else None)
+        return self._batch(data, return_tensors, device)
 
     @staticmethod
     def _channels_last(image, input_data_format):
@@ -218,6 +252,23 @@ class SegFaceImageProcessor(BaseImageProcessor):
         if not all(np.isfinite(p).all() for p in points):
             raise SegFaceImageError("landmarks contain NaN or infinity.")
         return points
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # Both backends save the model's processor type, as transformers' own PIL/torchvision pairs do: the backend
+        # is chosen when loading (`backend=`), so a saved config loads with either.
+        output["image_processor_type"] = SegFaceImageProcessor.__name__
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict) and isinstance(auto_map.get("AutoImageProcessor"), str):
+            # Saved remote code names both backends, so `trust_remote_code=True` loads either. This import also
+            # makes `save_pretrained` copy the torchvision module beside this one (it copies relative imports).
+            from .image_processing_segface_fast import SegFaceImageProcessorFast
+
+            output["auto_map"] = {**auto_map, "AutoImageProcessor": {
+                backend: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+                for backend, cls in (("pil", SegFaceImageProcessor), ("torchvision", SegFaceImageProcessorFast))
+            }}  # fmt: skip
+        return output
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False) -> list:
         """Turn model outputs into one label map per image.

@@ -108,7 +108,7 @@ def test_remote_code_loads_without_the_package(mobilenet_checkpoint, tmp_path):
     convert_original_checkpoint(mobilenet_checkpoint, "mobilenet_celeba_512", output)
     names = sorted(p.name for p in output.iterdir())
     assert {"configuration_segface.py", "modeling_segface.py", "image_processing_segface.py", "fast_path_segface.py",
-            "face_warp.py"} <= set(names)  # fmt: skip
+            "image_processing_segface_fast.py", "face_warp.py"} <= set(names)  # fmt: skip
     script = f"""
 import sys
 sys.modules["segface_hf"] = None  # make the package unimportable in this interpreter

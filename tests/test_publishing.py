@@ -80,7 +80,10 @@ def test_repo_folder_is_complete(repo_folder):
     assert config["auto_map"]["AutoModelForSemanticSegmentation"] == "modeling_segface.SegFaceForSemanticSegmentation"
     assert config["id2label"]["4"] == "l_ear" and len(config["id2label"]) == 19
     processor = json.loads((repo_folder / "preprocessor_config.json").read_text())
-    assert processor["auto_map"]["AutoImageProcessor"] == "image_processing_segface.SegFaceImageProcessor"
+    assert processor["auto_map"]["AutoImageProcessor"] == {
+        "pil": "image_processing_segface.SegFaceImageProcessor",
+        "torchvision": "image_processing_segface_fast.SegFaceImageProcessorFast",
+    }
     assert check_model_folder(repo_folder) == names
     assert [p.name for p in repo_folder.parent.iterdir()] == ["repo"]  # no staging folder left behind
 
@@ -236,8 +239,11 @@ else:
 import numpy as np, torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 model = AutoModelForSemanticSegmentation.from_pretrained({REPO_ID!r}, trust_remote_code=True).eval()
-processor = AutoImageProcessor.from_pretrained({REPO_ID!r}, trust_remote_code=True)
+# as the model card says: backend="pil" is the original's preprocessing; transformers alone defaults to torchvision
+processor = AutoImageProcessor.from_pretrained({REPO_ID!r}, trust_remote_code=True, backend="pil")
+default = AutoImageProcessor.from_pretrained({REPO_ID!r}, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert (type(processor).__name__, type(default).__name__) == ("SegFaceImageProcessor", "SegFaceImageProcessorFast")
 with torch.no_grad():
     logits = model(**processor(np.load("probe.npy"))).logits
 np.save("remote_logits.npy", logits.numpy())

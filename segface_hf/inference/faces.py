@@ -37,7 +37,7 @@ import PIL.ImageFilter
 import torch
 import torch.nn.functional as F
 
-from ..errors import SegFaceError
+from ..errors import SegFaceMissingDependencyError
 from ..configuration_segface import LAPA_LABELS
 from ..image_processing_segface import resized_argmax
 from ..image_io import SegFaceImageError, to_rgb
@@ -59,10 +59,6 @@ HELEN_KEPT_ROLL = 15.0
 # LaPa crops: a square twice the side of the model's aligned frame, rendered at twice the model resolution, so that
 # the aligned face is sampled about 1:1 and the tanh warp sees context around it.
 LAPA_CONTEXT = 2.0
-
-
-class SegFaceMissingDependencyError(SegFaceError, ImportError):
-    """An optional dependency (the face detector) is not installed."""
 
 
 class SegFaceNoFaceError(SegFaceImageError):

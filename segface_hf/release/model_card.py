@@ -219,8 +219,10 @@ The package also finds the faces in a photo, crops each as the model expects, an
 ### With `transformers` only (`trust_remote_code=True`)
 
 The repository carries the model code (`configuration_segface.py`, `modeling_segface.py`,
-`image_processing_segface.py`, referenced by `auto_map`), so plain `transformers` (with `timm` for the MobileNet and
-EfficientNet backbones) loads it. Read the code first and pin the revision you reviewed:
+`image_processing_segface.py` and its torchvision backend `image_processing_segface_fast.py`, referenced by
+`auto_map`), so plain `transformers` (with `timm` for the MobileNet and EfficientNet backbones) loads it. Read the
+code first and pin the revision you reviewed. `backend="pil"` asks for the original's preprocessing bit for bit;
+without it, `transformers` picks the torchvision backend wherever torchvision is installed:
 
 ```python
 import torch
@@ -228,7 +230,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 model = AutoModelForSemanticSegmentation.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True, backend="pil")
 {body}```
 
 The processor resizes every image to {size}x{size} with PIL's bicubic filter (the aspect ratio is not kept) and

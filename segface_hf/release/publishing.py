@@ -33,7 +33,8 @@ MODEL_REPO_FILES = (
     "configuration_segface.py",
     "modeling_segface.py",
     "image_processing_segface.py",
-    # imported by the three files above, so saved beside them as remote code
+    "image_processing_segface_fast.py",
+    # imported by the files above, so saved beside them as remote code
     "fast_path_segface.py",
     "face_warp.py",
     "image_io.py",
@@ -124,6 +125,8 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
                 "(it registers the classes for trust_remote_code)."
             )
         for reference in auto_map.values():
+            if isinstance(reference, dict):  # one class per image-processor backend
+                reference = list(reference.values())
             references = reference if isinstance(reference, (list, tuple)) else [reference]
             for item in references:
                 if item is None:
