@@ -418,6 +418,15 @@ def segface_loss(
     return ce_weight * cross_entropy + dice_weight * dice_loss
 
 
+def smallest_swin_input(backbone_config) -> int:
+    """The smallest input side (pixels) a Swin backbone takes: its last stage's grid (the side divided by the patch
+    size, then halved with rounding up at each later stage) must hold a whole window. 1 for other backbones."""
+    if getattr(backbone_config, "model_type", None) != "swin":
+        return 1
+    stride = backbone_config.patch_size * 2 ** (len(backbone_config.depths) - 1)
+    return stride * (backbone_config.window_size - 1) + 1
+
+
 class SegFacePreTrainedModel(PreTrainedModel):
     config_class = SegFaceConfig
     config: SegFaceConfig
@@ -554,6 +563,15 @@ class SegFaceForSemanticSegmentation(SegFacePreTrainedModel):
         height, width = pixel_values.shape[2:]
         if height < 32 or width < 32:
             raise ValueError(f"SegFace needs inputs of at least 32x32 pixels, got {height}x{width}.")
+        smallest = smallest_swin_input(self.config.backbone_config)
+        if min(height, width) < smallest:
+            # transformers' Swin would shrink its last stage's window to the grid, which its position-bias table
+            # cannot follow, and keep the shrunk window for every later call.
+            raise ValueError(
+                f"this Swin backbone needs inputs of at least {smallest}x{smallest} pixels (its last stage's "
+                f"{self.config.backbone_config.window_size}x{self.config.backbone_config.window_size} window), "
+                f"got {height}x{width}."
+            )
 
         if self.config.use_face_warp:
             logits, features, attentions = self._segment_with_face_warp(pixel_values, landmarks, output_attentions)

@@ -295,3 +295,23 @@ def test_auto_classes_know_segface(tmp_path):
         .mask_decoder.class_embeddings.weight.shape,
         (5, 32),
     )
+
+
+def test_a_swin_backbone_refuses_inputs_smaller_than_its_last_window():
+    """Swin-B (patch 4, 4 stages, window 7): the last stage's grid of a 192-pixel input is 6 tokens, less than one
+    window; 193 pixels give 7 (rounded up at each stage). A refused input must leave the model working."""
+    from segface_hf.modeling_segface import smallest_swin_input
+
+    config = SegFaceConfig.from_backbone("swin_base", dataset="celebamask-hq", image_size=224)
+    assert smallest_swin_input(config.backbone_config) == 193
+    grid = math.ceil(193 / 4)
+    for _ in range(3):
+        grid = math.ceil(grid / 2)
+    assert grid == 7
+    assert smallest_swin_input(SegFaceConfig.from_backbone("convnext_base").backbone_config) == 1
+    torch.manual_seed(0)
+    model = SegFaceForSemanticSegmentation(config).eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="at least 193x193 pixels"):
+            model(torch.zeros(1, 3, 192, 256))
+        assert model(torch.zeros(1, 3, 193, 193)).logits.shape == (1, config.num_labels, 193, 193)
