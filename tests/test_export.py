@@ -24,11 +24,15 @@ from segface_hf.release.onnx_export import load_onnx_session
 EXAMPLES = REPO_ROOT / "spaces" / "segface" / "examples"
 
 
-# The int8 gate this module's tiny model can reach. Its random weights give logits that are nearly tied almost
-# everywhere (max |logit| ~1.6), so int8 rounding flips 10-20% of its argmax; the format's own gate (0.90) is meant
-# for trained models. The tests check that real int8 files come out, run and stay close;
+# The int8 argmax gate this module's tiny model can meet: none. Its random weights give logits that are nearly tied
+# everywhere (max |logit| ~1.6, one class ahead by a hair almost everywhere), so int8 rounding can flip the argmax of
+# most pixels while staying close: its argmax says nothing, and the format's own gate (0.90) is meant for trained
+# models (docs/benchmarks.md measures int8 on the learning-check model). What is checked here is the logits' distance
+# (TINY_MODEL_INT8_DIFFERENCE, relative to the largest |logit|), which full-range int8 weights miss on CPUs without
+# VNNI (0.46 static, 0.53 dynamic on this project's AVX2 machine; with reduce_range 0.14 and 0.05);
 # test_a_failing_check_leaves_nothing_on_disk covers the gate refusing a file.
-TINY_MODEL_INT8_AGREEMENT = 0.75
+TINY_MODEL_INT8_AGREEMENT = 0.0
+TINY_MODEL_INT8_DIFFERENCE = {"static": 0.25, "dynamic": 0.15}
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +85,9 @@ def test_the_bundled_photos_give_framed_faces(model, faces):
 
 @pytest.mark.parametrize(
     ("name", "quantization", "max_difference", "min_agreement"),
-    [("onnx", "static", 1e-3, 0.999), ("onnx-fp16", "static", 0.05, 0.95), ("onnx-int8", "static", 0.5, TINY_MODEL_INT8_AGREEMENT),
-     ("onnx-int8", "dynamic", 0.5, TINY_MODEL_INT8_AGREEMENT)],
+    [("onnx", "static", 1e-3, 0.999), ("onnx-fp16", "static", 0.05, 0.95),
+     ("onnx-int8", "static", TINY_MODEL_INT8_DIFFERENCE["static"], TINY_MODEL_INT8_AGREEMENT),
+     ("onnx-int8", "dynamic", TINY_MODEL_INT8_DIFFERENCE["dynamic"], TINY_MODEL_INT8_AGREEMENT)],
 )  # fmt: skip
 def test_each_format_runs_in_onnxruntime_and_matches_pytorch(model, faces, tmp_path, name, quantization,
                                                              max_difference, min_agreement):  # fmt: skip
