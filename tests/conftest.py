@@ -128,6 +128,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def relax_export_gate(patch, name: str, min_argmax_agreement: float) -> None:
+    """Lower export format `name`'s argmax gate with `patch` (a `MonkeyPatch`): a tiny random-weight model's logits
+    are nearly tied almost everywhere, so int8 rounding flips more of its argmax than a trained model's gate allows."""
+    from dataclasses import replace
+
+    from segface_hf.release import export as export_module
+
+    export = export_module.EXPORT_FORMATS[name]
+    patch.setitem(export_module.EXPORT_FORMATS, name, replace(export, min_argmax_agreement=min_argmax_agreement))
+
+
+def save_export_model(model, folder):
+    """Save a tiny model with a 64-pixel image processor into `folder`, as `segface export --model` loads it."""
+    from segface_hf import SegFaceImageProcessor
+
+    model.save_pretrained(folder)
+    SegFaceImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def run_export_cli(capsys, *args):
+    """`segface export ARGS`: (exit code, stdout, stderr)."""
+    from segface_hf.cli import main
+
+    code = main(["export", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_export_error_line(err: str) -> str:
+    """The single line `segface export` wrote to stderr for a usage error (fails unless there is exactly one)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segface export: error: "), err
+    return lines[0]
+
+
 def write_clip(path, frames, fps=25, audio=True, rotation=0, times_ms=None, faststart=False):
     """Encode upright frames with PyAV (H.264, optional AAC tone, explicit millisecond time stamps); with a display
     rotation they are stored turned back (clockwise), as a phone stores a video it shot sideways."""

@@ -10,7 +10,14 @@ import onnx
 import PIL.Image
 import pytest
 import torch
-from conftest import REPO_ROOT, scaled_model
+from conftest import (
+    REPO_ROOT,
+    one_export_error_line,
+    relax_export_gate,
+    run_export_cli,
+    save_export_model,
+    scaled_model,
+)
 
 from segface_hf.release.export import (
     EXPORT_FORMATS,
@@ -37,13 +44,7 @@ TINY_MODEL_INT8_DIFFERENCE = {"static": 0.25, "dynamic": 0.15}
 
 @pytest.fixture(autouse=True)
 def tiny_model_int8_gate(monkeypatch):
-    from dataclasses import replace
-
-    from segface_hf.release import export as export_module
-
-    int8 = export_module.EXPORT_FORMATS["onnx-int8"]
-    monkeypatch.setitem(export_module.EXPORT_FORMATS, "onnx-int8",
-                        replace(int8, min_argmax_agreement=TINY_MODEL_INT8_AGREEMENT))  # fmt: skip
+    relax_export_gate(monkeypatch, "onnx-int8", TINY_MODEL_INT8_AGREEMENT)
 
 
 @pytest.fixture(scope="module")
@@ -156,26 +157,8 @@ def test_bad_input_to_the_api(model, faces, tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_model(model, tmp_path_factory):
-    from segface_hf import SegFaceImageProcessor
+    return save_export_model(model, tmp_path_factory.mktemp("export-model") / "model")
 
-    folder = tmp_path_factory.mktemp("export-model") / "model"
-    model.save_pretrained(folder)
-    SegFaceImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    return folder
-
-
-def _cli(capsys, *args):
-    from segface_hf.cli import main
-
-    code = main(["export", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if "segface export:" in line or "error" in line]
-    assert len(err.strip().splitlines()) == 1 and lines[0].startswith("segface export: error: "), err
-    return lines[0]
 
 
 def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_path, capsys):
@@ -183,8 +166,8 @@ def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_p
     shutil.copytree(EXAMPLES, photos / "nested")  # searched recursively
     output = tmp_path / "out" / "model_quantized.onnx"
     report = tmp_path / "export.json"
-    code, out, err = _cli(capsys, "--model", saved_model, "--format", "onnx-int8", "--output", output,
-                          "--calibration", photos, "--json", report, "--quiet")  # fmt: skip
+    code, out, err = run_export_cli(capsys, "--model", saved_model, "--format", "onnx-int8", "--output", output,
+                                    "--calibration", photos, "--json", report, "--quiet")  # fmt: skip
     assert code == 0, err
     assert out.startswith(f"segface export: Exported SegFace to {output} as onnx-int8 (static)"), out
     assert "calibrated on 3 faces" in out and "onnxruntime against PyTorch on 2 held-out faces" in out
@@ -207,15 +190,21 @@ def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_p
          "does not exist or is not a folder"),
         (["--format", "onnx-int8", "--output", "{tmp}/m.onnx", "--quantization", "float"],
          "--quantization must be one of static, dynamic"),
+        (["--format", "executorch-fp16", "--output", "{tmp}/m.pte"], "unsupported export format 'executorch-fp16'"),
+        (["--format", "executorch", "--output", "{tmp}/m.onnx"], "must name a .pte file for executorch"),
+        (["--format", "executorch-int8", "--output", "{tmp}/m.pte", "--calibration", "{tmp}/blank"],
+         "no faces found in the 1 images of"),
+        (["--format", "executorch-int8", "--output", "{tmp}/m.pte", "--quantization", "dynamic"],
+         "executorch-int8 is calibrated (static) only; --quantization dynamic is for onnx-int8"),
     ],
 )  # fmt: skip
 def test_cli_reports_bad_input_in_one_line_and_writes_nothing(saved_model, tmp_path, capsys, arguments, message):
     (tmp_path / "blank").mkdir()
     PIL.Image.new("RGB", (96, 96), (128, 128, 128)).save(tmp_path / "blank" / "grey.png")
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
-    code, out, err = _cli(capsys, "--model", saved_model, *arguments, "--quiet")
+    code, out, err = run_export_cli(capsys, "--model", saved_model, *arguments, "--quiet")
     assert code == 2 and out == ""
-    assert message in _one_error_line(err)
+    assert message in one_export_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank"]
     assert [p.name for p in (tmp_path / "blank").iterdir()] == ["grey.png"]
 
@@ -223,20 +212,24 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(saved_model, tmp_p
 def test_cli_reports_a_wrong_model_folder(tmp_path, capsys):
     not_a_model = tmp_path / "photos"
     not_a_model.mkdir()
-    code, out, err = _cli(capsys, "--model", not_a_model, "--format", "onnx", "--output", tmp_path / "m.onnx",
-                          "--quiet")  # fmt: skip
+    code, out, err = run_export_cli(capsys, "--model", not_a_model, "--format", "onnx", "--output",
+                                    tmp_path / "m.onnx", "--quiet")  # fmt: skip
     assert code == 2 and out == ""
-    assert f"cannot load the model {str(not_a_model)!r}" in _one_error_line(err)
-    code, out, err = _cli(capsys, "--model", tmp_path / "nowhere", "--format", "onnx-fp16", "--output",
-                          tmp_path / "m.onnx")  # fmt: skip
-    assert code == 2 and "no such folder" in _one_error_line(err)
+    assert f"cannot load the model {str(not_a_model)!r}" in one_export_error_line(err)
+    code, out, err = run_export_cli(capsys, "--model", tmp_path / "nowhere", "--format", "onnx-fp16", "--output",
+                                    tmp_path / "m.onnx")  # fmt: skip
+    assert code == 2 and "no such folder" in one_export_error_line(err)
+    code, out, err = run_export_cli(capsys, "--model", not_a_model, "--format", "executorch-int8", "--output",
+                                    tmp_path / "m.pte", "--quiet")  # fmt: skip
+    assert code == 2 and f"cannot load the model {str(not_a_model)!r}" in one_export_error_line(err)
     assert [p.name for p in tmp_path.iterdir()] == ["photos"]
 
 
 def test_export_module_names_the_formats_it_checks():
-    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8"]
+    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8"]
     assert {f.hub_path for f in EXPORT_FORMATS.values()} == {
-        "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx"}  # fmt: skip
+        "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx", "executorch/model.pte",
+        "executorch/model_int8.pte"}  # fmt: skip
 
 
 def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_model, tmp_path):

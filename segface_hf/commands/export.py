@@ -3,13 +3,15 @@
     segface export --model segface-mobilenet-celeba-512 --format onnx-int8 --output onnx/model_quantized.onnx
     segface export --model segface-swinb-celeba-512 --format onnx-int8 --quantization dynamic --output swin-int8.onnx
     segface export --model ./my-model --format onnx-fp16 --output onnx/model_fp16.onnx --calibration ./photos
+    segface export --model segface-mobilenet-celeba-512 --format executorch-int8 --output executorch/model_int8.pte
 
-Formats: onnx (float32), onnx-fp16, onnx-int8 (static QDQ calibrated on face crops, or --quantization dynamic). The
+Formats: onnx (float32), onnx-fp16, onnx-int8 (static QDQ calibrated on face crops, or --quantization dynamic);
+executorch (float32 .pte, XNNPACK delegate) and executorch-int8 (PT2E, XNNPACK quantizer, calibrated). The
 faces of the photos in --calibration (default: the public-domain photos bundled with the Space) are detected and
 framed as the model expects; int8 ranges are calibrated on most of them and every export is run in its runtime on the
 others and compared with PyTorch. The file is moved into place only if it passes the format's thresholds (max |logit
-difference| and argmax agreement; see docs/deploy.md); a failed export leaves nothing on disk. Needs onnx, onnxscript,
-onnxruntime and, for the faces, facenet-pytorch.
+difference| and argmax agreement; see docs/deploy.md); a failed export leaves nothing on disk. Needs onnx, onnxscript
+and onnxruntime (ONNX formats) or executorch (ExecuTorch formats) and, for the faces, facenet-pytorch.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import argparse
 import json
 import sys
 
-HELP = "export a model (onnx, onnx-fp16, onnx-int8) and check it in its runtime against PyTorch"
+HELP = "export a model (onnx, onnx-fp16, onnx-int8, executorch, executorch-int8) and check it in its runtime"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
-    parser.add_argument("--format", required=True, help="onnx, onnx-fp16 or onnx-int8")
+    parser.add_argument("--format", required=True, help="onnx, onnx-fp16, onnx-int8, executorch or executorch-int8")
     parser.add_argument("--output", required=True, help="the file to write (its folder is created if needed)")
     parser.add_argument("--calibration", help="folder of photos with faces (default: the bundled examples)")
     parser.add_argument("--quantization", default="static", help="onnx-int8: static (default) or dynamic")
@@ -58,16 +60,18 @@ def load_processor(model_name_or_path: str):
         return None
 
 
-def prepare(args: argparse.Namespace) -> None:
-    """The checks and settings every export command makes before loading the model: the model location, the ONNX
-    packages (one-line `ImportError`), and no progress bars with `--quiet`."""
+def prepare(args: argparse.Namespace, runtime: str = "onnxruntime") -> None:
+    """The checks and settings every export command makes before loading the model: the model location, the
+    packages of the format's `runtime` (one-line `ImportError`), and no progress bars with `--quiet`."""
+    from ..errors import SegFaceError
     from ..inference.loading import check_model_location
-    from ..release.onnx_export import SegFaceOnnxError, require_onnx
+    from ..release.executorch_export import require_executorch
+    from ..release.onnx_export import require_onnx
 
     check_model_location(args.model)
     try:
-        require_onnx()
-    except SegFaceOnnxError as error:
+        require_executorch() if runtime == "executorch" else require_onnx()
+    except SegFaceError as error:
         raise ImportError(str(error)) from error
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -81,16 +85,15 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..inference.loading import load_segface_model
-    from ..release.export import QUANTIZATION_MODES, SegFaceExportError, check_output, export_format, export_model
+    from ..release.export import check_output, check_quantization, export_format, export_model
     from ..release.onnx_export import SegFaceOnnxError
 
     # Everything that can be checked without the model fails here, before a possibly long load or download.
     export = export_format(args.format)
-    if args.quantization not in QUANTIZATION_MODES:
-        raise SegFaceExportError(f"--quantization must be one of {', '.join(QUANTIZATION_MODES)}.")
+    check_quantization(export, args.quantization, "--quantization")
     image_size = image_size_option(args.image_size)
     check_output(args.output, export, args.overwrite)
-    prepare(args)
+    prepare(args, export.runtime)
 
     steps = tqdm(total=2, desc="segface export", file=sys.stderr, disable=args.quiet)
     try:

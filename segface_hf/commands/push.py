@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space-dir", default=str(SPACE_DIR), help="the Space folder (with --space)")
     parser.add_argument("--exports", nargs="+", default=[], metavar="FORMAT",
                         help="with --variant: also put these `segface export` formats in the repo (e.g. onnx "
-                        "onnx-int8), each checked against PyTorch, listed in the card with its fidelity")  # fmt: skip
+                        "onnx-int8 executorch-int8), each checked against PyTorch, listed in the card with its "
+                        "fidelity")  # fmt: skip
     parser.add_argument("--calibration", help="photos with faces for --exports (default: the bundled photos)")
     parser.add_argument("--private", action="store_true", help="create the repos private")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")

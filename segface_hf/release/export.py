@@ -10,10 +10,14 @@ Formats (see `EXPORT_FORMATS`):
   weights, uint8 activations whose ranges are calibrated on face crops, framed with the face detector the way the model
   expects (a folder of photos the caller gives, or the public-domain photos bundled with the Space). `dynamic`: int8
   weights of the matrix products only, activation ranges computed at run time (no calibration).
+- `executorch`: a float32 ExecuTorch program (`.pte`) delegated to XNNPACK, as
+  [`~segface_hf.release.executorch_export.export_executorch`] writes it (dynamic batch size up to 64).
+- `executorch-int8`: the same after PT2E quantization with the XNNPACK quantizer (symmetric, per-channel int8
+  weights, int8 activations calibrated on the same face crops as `onnx-int8`).
 
-Every export is written into a temporary folder next to its target, run with onnxruntime on held-out face crops (faces
-that calibration did not see) and compared with the PyTorch model; it is moved into place only if its fidelity meets
-the format's thresholds, so a failed export leaves nothing behind.
+Every export is written into a temporary folder next to its target, run in its runtime (onnxruntime or the ExecuTorch
+runtime) on held-out face crops (faces that calibration did not see) and compared with the PyTorch model; it is moved
+into place only if its fidelity meets the format's thresholds, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -96,7 +100,13 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
                                      "onnx/model_fp16.onnx"),  # fmt: skip
     "onnx-int8": SegFaceExportFormat("onnx-int8", ".onnx", "onnxruntime", "int8", 0.25, 0.90,
                                      "onnx/model_quantized.onnx"),  # fmt: skip
+    "executorch": SegFaceExportFormat("executorch", ".pte", "executorch", "float32", None, MIN_ARGMAX_AGREEMENT,
+                                      "executorch/model.pte"),  # fmt: skip
+    "executorch-int8": SegFaceExportFormat("executorch-int8", ".pte", "executorch", "int8", 0.25, 0.90,
+                                           "executorch/model_int8.pte"),  # fmt: skip
 }
+# The int8 formats whose quantization can be `dynamic` (the others are calibrated, `static`, only).
+DYNAMIC_INT8_FORMATS = ("onnx-int8",)
 
 
 def export_format(name: str) -> SegFaceExportFormat:
@@ -380,6 +390,50 @@ def quantize_to_int8(source: Path, target: Path, calibration: Sequence[dict[str,
             prepared.unlink()
 
 
+def write_onnx(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int],
+               calibration: Sequence[dict[str, np.ndarray]], quantization: str, opset_version: int,
+               verify: bool) -> list[str]:  # fmt: skip
+    """Write `model` as `export` (an ONNX format) at `target`: the float32 graph (checked on random inputs when
+    `verify`), then converted to float16 or quantized to int8 next to it. Returns the graph's input names."""
+    float_path = target.with_name("model_float32.onnx")
+    result = export_onnx(model, float_path, image_size=image_size, opset_version=opset_version, verify=verify)
+    if export.precision == "float32":
+        os.replace(float_path, target)
+    elif export.precision == "float16":
+        convert_to_float16(float_path, target)
+    else:
+        quantize_to_int8(float_path, target, calibration, quantization)
+    return result.input_names
+
+
+def write_executorch(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int],
+                     calibration: Sequence[dict[str, np.ndarray]]) -> list[str]:  # fmt: skip
+    """Write `model` as `export` (an ExecuTorch format) at `target`, int8 calibrated on `calibration`. Returns the
+    program's input names."""
+    from .executorch_export import export_executorch
+
+    return export_executorch(model, target, image_size, calibration=calibration if export.precision == "int8" else None)
+
+
+def runner(path: str | os.PathLike, export: SegFaceExportFormat, threads: int | None = None):
+    """`run(feed) -> logits` for a file of `export`'s format, in its runtime."""
+    if export.runtime == "executorch":
+        from .executorch_export import executorch_runner
+
+        return executorch_runner(path, threads=threads)
+    return onnx_runner(path, threads=threads)
+
+
+def check_quantization(export: SegFaceExportFormat, quantization: str, option: str = "quantization") -> None:
+    """A one-line `SegFaceExportError` for a quantization mode that is unknown or that `export` does not offer
+    (`option` names the setting in the message)."""
+    if quantization not in QUANTIZATION_MODES:
+        raise SegFaceExportError(f"{option} must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}.")
+    if quantization == "dynamic" and export.precision == "int8" and export.name not in DYNAMIC_INT8_FORMATS:
+        raise SegFaceExportError(f"{export.name} is calibrated (static) only; {option} dynamic is for "
+                                 f"{', '.join(DYNAMIC_INT8_FORMATS)}.")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ export
 
 
@@ -446,8 +500,7 @@ def export_model(
         [`SegFaceExportResult`]: the file, its size, fidelity and latency.
     """
     export = export_format(format)
-    if quantization not in QUANTIZATION_MODES:
-        raise SegFaceExportError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}.")
+    check_quantization(export, quantization)
     output = check_output(output_path, export, overwrite)
     if image_size is None:
         image_size = model.config.image_size
@@ -470,19 +523,15 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".segface-export-", dir=output.parent))
     try:
-        float_path = staging / "model_float32.onnx"
-        onnx_result = export_onnx(model, float_path, image_size=image_size, opset_version=opset_version,
-                                  verify=verify)  # fmt: skip
-        candidate = staging / "model.onnx"
-        if export.precision == "float32":
-            os.replace(float_path, candidate)
-        elif export.precision == "float16":
-            convert_to_float16(float_path, candidate)
+        candidate = staging / f"model{export.suffix}"
+        if export.runtime == "executorch":
+            input_names = write_executorch(model, candidate, export, image_size, calibration_faces)
         else:
-            quantize_to_int8(float_path, candidate, calibration_faces, quantization)
+            input_names = write_onnx(model, candidate, export, image_size, calibration_faces, quantization,
+                                     opset_version, verify)  # fmt: skip
         fidelity = latency = None
         if verify:
-            run = onnx_runner(candidate, threads=threads)
+            run = runner(candidate, export, threads=threads)
             fidelity = check_export(run, model, held_out, export)
             if not fidelity.passed:
                 raise SegFaceExportError(f"the {export.name} export does not reproduce the PyTorch model: {fidelity}")
@@ -501,7 +550,7 @@ def export_model(
         fidelity=fidelity,
         latency_ms=latency,
         calibration_faces=len(calibration_faces),
-        input_names=onnx_result.input_names,
+        input_names=input_names,
         image_size=image_size,
         quantization=quantization if export.precision == "int8" else None,
     )
@@ -509,6 +558,7 @@ def export_model(
 
 __all__ = [
     "BUNDLED_PHOTOS",
+    "DYNAMIC_INT8_FORMATS",
     "EXPORT_FORMATS",
     "QUANTIZATION_MODES",
     "SegFaceExportError",
@@ -516,6 +566,7 @@ __all__ = [
     "SegFaceExportFormat",
     "SegFaceExportResult",
     "check_export",
+    "check_quantization",
     "check_output",
     "compare_logits",
     "export_format",
@@ -524,5 +575,8 @@ __all__ = [
     "median_latency_ms",
     "onnx_runner",
     "pytorch_logits",
+    "runner",
     "split_held_out",
+    "write_executorch",
+    "write_onnx",
 ]

@@ -139,7 +139,7 @@ def require_onnx():
     return onnxruntime
 
 
-class _LogitsOnly(nn.Module):
+class SegFaceLogitsOnly(nn.Module):
     """The model as a function of its tensor inputs that returns only the logits."""
 
     def __init__(self, model: nn.Module, with_landmarks: bool):
@@ -168,7 +168,7 @@ def example_inputs(
 
 
 @contextlib.contextmanager
-def _exportable_backbone_attention(model: nn.Module):
+def exportable_backbone_attention(model: nn.Module):
     """Temporarily run `transformers` backbones with eager attention: the exporter's decomposition of their SDPA
     attention produces an invalid view for windowed (Swin) attention. Eager and SDPA compute the same function."""
     backbone = getattr(getattr(model, "backbone", None), "model", None)
@@ -355,11 +355,11 @@ def export_onnx(
     os.close(handle)
     try:
         try:
-            with _exportable_backbone_attention(model), torch.no_grad(), warnings.catch_warnings(), \
+            with exportable_backbone_attention(model), torch.no_grad(), warnings.catch_warnings(), \
                     contextlib.redirect_stdout(io.StringIO()):  # fmt: skip
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _LogitsOnly(model, with_landmarks),
+                    SegFaceLogitsOnly(model, with_landmarks),
                     tuple(inputs.values()),
                     temporary,
                     input_names=input_names,
@@ -396,9 +396,11 @@ __all__ = [
     "MIN_ARGMAX_AGREEMENT",
     "OnnxExportResult",
     "OnnxVerification",
+    "SegFaceLogitsOnly",
     "SegFaceOnnxError",
     "argmax_agreement",
     "example_inputs",
+    "exportable_backbone_attention",
     "export_onnx",
     "load_onnx_session",
     "require_onnx",

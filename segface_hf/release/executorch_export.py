@@ -1,0 +1,188 @@
+"""Write a SegFace model as an ExecuTorch program (`.pte`) with its work delegated to XNNPACK, and run such a file.
+
+The model is captured with `torch.export` (non-strict) with a dynamic batch dimension, lowered with
+`to_edge_transform_and_lower` and the `XnnpackPartitioner` (the operators XNNPACK does not cover, such as the face
+warp's `grid_sampler_2d` of the LaPa models, run as ExecuTorch's portable kernels inside the same program) and
+serialised with `to_executorch`. For int8 the captured graph is quantized first with PT2E: the XNNPACK quantizer's
+symmetric per-channel config (int8 weights per output channel, int8 activations) on the convolutions and linear layers
+(`QUANTIZED_OPERATORS`), observers calibrated on face crops, then `convert_pt2e`, so XNNPACK runs them as integer
+kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SegFaceError
+from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
+
+# The largest batch a program accepts (its memory plan is sized for the batch it runs, not for this bound).
+MAX_BATCH_SIZE = 64
+# Nodes from the first one of this module (inside `SegFaceLogitsOnly`) on stay float in int8 programs, as in the
+# ONNX int8 export: the class tokens' MLP and the class-by-pixel products that make the logits, little compute that
+# decides the argmax of every pixel.
+FLOAT_OUTPUT_MODULE = "model.mask_decoder.output_hypernetwork_mlp"
+
+
+class SegFaceExecuTorchError(SegFaceError, RuntimeError):
+    """ExecuTorch is missing, or a program could not be made or loaded."""
+
+
+def require_executorch():
+    """The `executorch` package; a one-line `SegFaceExecuTorchError` saying how to install it otherwise."""
+    try:
+        import executorch.runtime  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except ImportError as error:
+        raise SegFaceExecuTorchError(
+            f"ExecuTorch export needs executorch ({error.name} is missing): pip install 'segface-hf[executorch]'"
+        ) from error
+    import executorch
+
+    return executorch
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _capture(module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH_SIZE)
+    return torch.export.export(
+        module, tuple(inputs.values()), dynamic_shapes={name: {0: batch} for name in inputs}, strict=False
+    )
+
+
+def output_stage_filter(graph_module: torch.fx.GraphModule):
+    """A quantizer filter that is false for the nodes from the first one in `FLOAT_OUTPUT_MODULE` to the end (the
+    tracer records each node's module path in its `nn_module_stack`)."""
+    float_nodes, reached = set(), False
+    for node in graph_module.graph.nodes:
+        paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        reached = reached or any(path.startswith(FLOAT_OUTPUT_MODULE) for path in paths)
+        if reached:
+            float_nodes.add(node)
+    return lambda node: node not in float_nodes
+
+
+# The operators quantized in int8 programs (weights per output channel, inputs calibrated): the convolutions, transposed
+# convolutions and linear layers that hold nearly all the compute. The XNNPACK quantizer's global config would also
+# quantize the elementwise adds, multiplications and concatenations; on the tiny test model that tripled the logit
+# error (max |difference| 0.127 against 0.036, logits up to 1.6) and halved the argmax agreement, for little speed.
+QUANTIZED_OPERATORS = ("aten.conv2d.default", "aten.conv_transpose2d.input", "aten.linear.default")
+
+
+def quantize_pt2e(
+    module: nn.Module, inputs: dict[str, torch.Tensor], calibration: Sequence[dict[str, np.ndarray]]
+) -> nn.Module:
+    """`module` with int8 weights and activations as the XNNPACK quantizer places them around
+    `QUANTIZED_OPERATORS` (symmetric per-channel int8 weights, int8 activations), the activation ranges observed on
+    the `calibration` faces; the output stage ([`output_stage_filter`]) stays float."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    captured = _capture(module, inputs).module()
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer()
+    for name in QUANTIZED_OPERATORS:
+        packet, overload = name.removeprefix("aten.").split(".")
+        quantizer.set_operator_type(getattr(getattr(torch.ops.aten, packet), overload), config)
+    quantizer.set_filter_function(output_stage_filter(captured))
+    prepared = prepare_pt2e(captured, quantizer)
+    for face in calibration:
+        prepared(*(torch.from_numpy(face[name]) for name in inputs))
+    return convert_pt2e(prepared)
+
+
+def export_executorch(
+    model: nn.Module,
+    output_path: str | os.PathLike,
+    image_size: tuple[int, int],
+    calibration: Sequence[dict[str, np.ndarray]] | None = None,
+) -> list[str]:
+    """Write `model` as an XNNPACK-delegated ExecuTorch program with a dynamic batch dimension.
+
+    Args:
+        model (`SegFaceForSemanticSegmentation`):
+            The model, float32, in eval mode.
+        output_path (`str` or `os.PathLike`):
+            The `.pte` file to write (its folder must exist; [`~segface_hf.release.export.export_model`] writes into
+            a staging folder and checks the file before moving it into place).
+        image_size (`tuple[int, int]`):
+            The (height, width) the program takes.
+        calibration (`list[dict[str, np.ndarray]]`, *optional*):
+            Face inputs (as [`~segface_hf.release.export.face_inputs`] returns them) to calibrate int8 on; a float32
+            program when not given.
+
+    Returns:
+        `list[str]`: the program's inputs, in order (`pixel_values`, and `landmarks` for face-warp models).
+    """
+    require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if calibration is not None and not calibration:
+        raise SegFaceExecuTorchError("int8 ExecuTorch export needs at least one calibration face.")
+    module = SegFaceLogitsOnly(model, bool(model.config.use_face_warp)).eval()
+    inputs = example_inputs(model.config, 2, image_size)
+    with exportable_backbone_attention(model), torch.no_grad(), _quiet():
+        if calibration is not None:
+            module = quantize_pt2e(module, inputs, calibration)
+        program = to_edge_transform_and_lower(_capture(module, inputs), partitioner=[XnnpackPartitioner()])
+        Path(output_path).write_bytes(program.to_executorch().buffer)
+    return list(inputs)
+
+
+def executorch_runner(path: str | os.PathLike, threads: int | None = None):
+    """`run(feed) -> logits` for a `.pte` file, with the ExecuTorch runtime (XNNPACK on the CPU).
+
+    Args:
+        path (`str` or `os.PathLike`): The `.pte` file.
+        threads (`int`, *optional*): Threads of the runtime's (process-wide) XNNPACK thread pool.
+    """
+    require_executorch()
+    from executorch.runtime import Runtime
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such ExecuTorch program: {path}")
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(path).load_method("forward")
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        names = ["pixel_values"] + (["landmarks"] if "landmarks" in feed else [])
+        (logits,) = method.execute([torch.from_numpy(np.ascontiguousarray(feed[name])) for name in names])
+        return logits.numpy()
+
+    return run
+
+
+__all__ = [
+    "FLOAT_OUTPUT_MODULE",
+    "MAX_BATCH_SIZE",
+    "QUANTIZED_OPERATORS",
+    "SegFaceExecuTorchError",
+    "executorch_runner",
+    "export_executorch",
+    "output_stage_filter",
+    "quantize_pt2e",
+    "require_executorch",
+]
