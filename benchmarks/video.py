@@ -58,6 +58,7 @@ def flicker(model_path: str | None, frames: int) -> dict:
     images, places = clip_frames(frames), offsets(frames)
     settings = {
         "no stabiliser, no label smoothing": SegFaceVideoOptions(stabilize="none"),
+        "no stabiliser, label smoothing 0.5": SegFaceVideoOptions(stabilize="none", label_smoothing=0.5),
         "stabilised crops": SegFaceVideoOptions(),
         "stabilised crops + label smoothing 0.5": SegFaceVideoOptions(label_smoothing=0.5),
     }
