@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def pytest_configure(config):
+    """The suite runs in one pytest-xdist worker per core (pyproject's addopts); each worker and the command-line
+    processes it starts use one intra-op thread, so that the workers do not oversubscribe the cores."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def require_shared(*relative: str) -> Path:

@@ -123,10 +123,6 @@ def test_each_program_runs_in_executorch_and_matches_pytorch(model, faces, warp_
             assert difference > 1e-3  # the precision really changed
 
 
-def test_int8_program_is_smaller_than_float32(exports):
-    assert exports["executorch-int8"]["size_bytes"] < 0.6 * exports["executorch"].size_bytes
-
-
 def test_the_face_warp_runs_inside_the_program(warp_model, warp_faces, exports):
     """The LaPa head's grid_sample and closed-form 3x3 inverse are in the program: it takes the landmarks as a
     second input and reproduces PyTorch on real faces with their detected landmarks."""
