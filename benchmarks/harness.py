@@ -34,6 +34,8 @@ from torch import nn
 from segface_hf.errors import SegFaceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `--executorch` precisions and the `segface export` format of each.
+EXECUTORCH_FORMATS = {"float32": "executorch", "int8": "executorch-int8"}
 
 # The original's `--model` name for each backbone preset, and the module and class of each original head.
 ORIGINAL_BACKBONE_NAMES = {
@@ -59,6 +61,7 @@ IMPLEMENTATION_FAST = "segface-hf"
 IMPLEMENTATION_REFERENCE = "segface-hf reference path"
 IMPLEMENTATION_ORIGINAL = "original"
 IMPLEMENTATION_ONNX = "onnxruntime"
+IMPLEMENTATION_EXECUTORCH = "executorch"
 
 
 class SegFaceBenchmarkError(SegFaceError, RuntimeError):
@@ -108,6 +111,10 @@ class BenchmarkSettings:
             int8 quantization modes (`static`, `dynamic`) to export with `segface export --format onnx-int8` and time
             with onnxruntime on the CPU (float32 inputs); static calibrates on the bundled photos' faces. Not checked
             against PyTorch (random weights: the argmax says nothing); use `segface export` for that.
+        executorch (`list[str]`, *optional*):
+            Precisions (`float32`, `int8`) to export with `segface export --format executorch / executorch-int8`
+            (XNNPACK, int8 calibrated on the bundled photos' faces) and time in the ExecuTorch runtime on the CPU
+            (float32 inputs, batch sizes up to its `MAX_BATCH_SIZE`); not checked against PyTorch, as for `onnx_int8`.
         image_processor (`bool`, *optional*, defaults to `False`):
             Whether to time the image processor on photos of `processor_input_size`.
         processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
@@ -140,6 +147,7 @@ class BenchmarkSettings:
     original_code: str | None = None
     onnx: bool = False
     onnx_int8: list[str] = field(default_factory=list)
+    executorch: list[str] = field(default_factory=list)
     image_processor: bool = False
     processor_input_size: tuple[int, int] = (480, 640)
     detection: bool = False
@@ -174,6 +182,13 @@ class BenchmarkSettings:
             _original_root(self.original_code)  # fails early on a wrong folder
         if self.peer_code is not None:
             _peer_root(self.peer_code)
+        unknown = [p for p in self.executorch if p not in EXECUTORCH_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown ExecuTorch precision(s) {unknown}; choose from {sorted(EXECUTORCH_FORMATS)}.")
+        if self.executorch:
+            from segface_hf.release.executorch_export import require_executorch
+
+            require_executorch()
 
 
 @dataclass
@@ -650,6 +665,25 @@ def _onnx_runner(model: nn.Module, resolution: int, threads: int | None, folder:
     return _onnx_session_runner(path, threads)
 
 
+def _exported_runner(model: nn.Module, resolution: int, threads: int | None, folder: str,
+                     format: str) -> Callable[..., object]:  # fmt: skip
+    """A file written by `segface export --format format` (unchecked: random weights), run in its own runtime."""
+    from segface_hf.release.export import export_format, export_model, runner
+
+    export = export_format(format)
+    path = Path(folder) / f"segface_{resolution}_{format}{export.suffix}"
+    export_model(model, path, format=format, image_size=resolution, verify=False, overwrite=True)
+    run = runner(path, export, threads=threads)
+
+    def call(pixel_values, landmarks=None):
+        feed = {"pixel_values": pixel_values.cpu().numpy()}
+        if landmarks is not None:
+            feed["landmarks"] = landmarks.cpu().numpy()
+        return run(feed)
+
+    return call
+
+
 def _onnx_session_runner(path: Path, threads: int | None) -> Callable[..., object]:
     from segface_hf.release.onnx_export import load_onnx_session
 
@@ -780,6 +814,11 @@ def time_face_detection(images_dir: str | os.PathLike, warmup: int, repeats: int
     return results
 
 
+def _exported_row(name: str) -> bool:
+    """Whether row `name` times an exported file (onnxruntime or ExecuTorch, on the CPU), the peer's included."""
+    return any(runtime in name for runtime in (IMPLEMENTATION_ONNX, IMPLEMENTATION_EXECUTORCH))
+
+
 def _case_results(
     spec: ModelSpec,
     dtype_name: str,
@@ -797,7 +836,7 @@ def _case_results(
                 model=spec.name,
                 resolution=spec.resolution,
                 implementation=name,
-                device="cpu" if IMPLEMENTATION_ONNX in name else settings.device,
+                device="cpu" if _exported_row(name) else settings.device,
                 dtype=dtype_name,
                 batch_size=batch_size,
                 options=_options_label(settings) if name == IMPLEMENTATION_FAST else "eager",
@@ -818,7 +857,7 @@ def _case_results(
 
 
 def _implementations(
-    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, onnx_runs,
+    spec: ModelSpec, dtype: torch.dtype, settings: BenchmarkSettings, model: nn.Module, original, exported_runs,
     peer=None,
 ) -> dict[str, Callable[..., object]]:
     """The callables `(pixel_values, landmarks=None)` to time for one model and dtype."""
@@ -837,7 +876,7 @@ def _implementations(
     if peer is not None:
         implementations[f"{PEER_NAME} (PyTorch)"] = peer.to(device, dtype)
     if dtype == torch.float32:
-        implementations.update(onnx_runs)
+        implementations.update(exported_runs)
     return implementations
 
 
@@ -859,27 +898,32 @@ def _measure_model(
         else:
             original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
     peer = build_peer(settings.peer_code, settings.seed) if settings.peer_code is not None else None
-    onnx_runs = {}
-    if (settings.onnx or settings.onnx_int8) and "float32" not in settings.dtypes:
-        report.skipped.append(f"{spec.name}: onnxruntime runs float32 only")
+    exported_runs = {}
+    if (settings.onnx or settings.onnx_int8 or settings.executorch) and "float32" not in settings.dtypes:
+        report.skipped.append(f"{spec.name}: the exported files run float32 inputs only")
     else:
         if settings.onnx:
             progress(f"{spec.name}@{spec.resolution}: exporting to ONNX")
-            onnx_runs[IMPLEMENTATION_ONNX] = _onnx_runner(base, spec.resolution, settings.threads, scratch)
+            exported_runs[IMPLEMENTATION_ONNX] = _onnx_runner(base, spec.resolution, settings.threads, scratch)
         for mode in settings.onnx_int8:
             progress(f"{spec.name}@{spec.resolution}: exporting to ONNX int8 ({mode})")
-            onnx_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(base, spec.resolution, settings.threads,
+            exported_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(base, spec.resolution, settings.threads,
                                                                            scratch, int8=mode)  # fmt: skip
+        for precision in settings.executorch:
+            progress(f"{spec.name}@{spec.resolution}: exporting to ExecuTorch ({precision})")
+            exported_runs[f"{IMPLEMENTATION_EXECUTORCH} {precision}"] = _exported_runner(
+                base, spec.resolution, settings.threads, scratch, EXECUTORCH_FORMATS[precision]
+            )
         if peer is not None:
             for mode in ([None] if settings.onnx else []) + list(settings.onnx_int8):
                 progress(f"{PEER_NAME}@{spec.resolution}: exporting to ONNX" + (f" int8 ({mode})" if mode else ""))
                 name = f"{PEER_NAME} {IMPLEMENTATION_ONNX}" + (f" int8 {mode}" if mode else " float32")
-                onnx_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads, scratch,
+                exported_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads, scratch,
                                                     int8=mode)  # fmt: skip
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]
         model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
-        implementations = _implementations(spec, dtype, settings, model, original, onnx_runs, peer)
+        implementations = _implementations(spec, dtype, settings, model, original, exported_runs, peer)
         for batch_size in settings.batch_sizes:
             progress(f"{spec.name}@{spec.resolution} {dtype_name} batch {batch_size}")
             inputs = _inputs(model.config, batch_size, spec.resolution, device, dtype, settings.seed)
@@ -965,14 +1009,9 @@ def format_markdown(report: BenchmarkReport) -> str:
         "| model | size | implementation | device | dtype | options | batch | median ms | min–max ms | "
         "images/s | peak MiB | vs original |"
     )
-    lines = [
-        f"Machine: {env['cpu']} ({env['logical_cpus']} logical CPUs), {env['platform']}{gpu}",
-        software,
-        date,
-        "",
-        header,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = [f"Machine: {env['cpu']} ({env['logical_cpus']} logical CPUs), {env['platform']}{gpu}", software, date]
+    if report.results:  # no model table for a detection-only run
+        lines += ["", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.results:
         memory = "—" if r.peak_memory_mib is None else f"{r.peak_memory_mib:.0f}"
         speedup = "—" if r.speedup_vs_original is None else f"{r.speedup_vs_original:.2f}x"

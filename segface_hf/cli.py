@@ -55,8 +55,10 @@ def _add_predict_parser(subparsers) -> None:
     parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg and legend.png")
     parser.add_argument("--masks", action="store_true", help="also write <name>_masks/<index>_<class>.png")
     parser.add_argument("--per-face", action="store_true", help="also write <name>_face<i>.png, one label map per face")
-    parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass (default: 4)")
+    parser.add_argument("--batch-size", type=int, help="faces per forward pass (default: 1 on the CPU, 8 on a GPU)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
+    parser.add_argument("--exported", metavar="FILE", help="run this export of --model (a .onnx or .pte file from "
+                        "segface export, e.g. int8) in its own runtime on the CPU instead of the PyTorch model")  # fmt: skip
     parser.add_argument("--no-detect", action="store_true",
                         help="skip face detection: each image is one already-aligned face crop")  # fmt: skip
     parser.add_argument("--if-no-face", default="error", choices=["error", "whole-image"],
@@ -143,8 +145,15 @@ def _run_predict(args) -> int:
 
         inputs = dataset_source(args.dataset, split=args.split, image_column=args.image_column,
                                 id_column=args.id_column, streaming=args.streaming)  # fmt: skip
+    if args.exported and args.device != "cpu":
+        raise ValueError("--exported files run on the CPU: drop --device cuda.")
     model, processor = load_model(args.model, device=processes.device(args.device))
-    summary = predict(inputs, model, processor, args.output_dir, options=options, model_name=args.model,
+    model_name = args.model
+    if args.exported:
+        from .release.exported_model import SegFaceExportedModel
+
+        model, model_name = SegFaceExportedModel(args.exported, model.config), f"{args.model} ({args.exported})"
+    summary = predict(inputs, model, processor, args.output_dir, options=options, model_name=model_name,
                       progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr),
                       processes=processes)  # fmt: skip
     if processes.is_main:

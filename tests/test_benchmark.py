@@ -272,3 +272,22 @@ def test_detection_timing_photos_and_table():
         row("SegFaceFaceDetector rotations=auto", "upright", 0.06)])  # fmt: skip
     markdown = format_markdown(report)
     assert "| SegFaceFaceDetector rotations=auto | 1 face, upright, 640x480 | 1 | upright | 60.0 | 60.0–60.0 | 1.20x |" in markdown
+    assert "| model | size |" not in markdown  # no empty model table
+
+
+def test_executorch_programs_are_timed_beside_the_model(tmp_path):
+    """`--executorch float32` exports the model with `segface export --format executorch` and times the program in the
+    ExecuTorch runtime, at batch sizes other than the traced one."""
+    torch.manual_seed(0)
+    SegFaceForSemanticSegmentation(tiny_config("resnet")).save_pretrained(tmp_path / "tiny")
+    settings = BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], executorch=["float32"], threads=1,
+                                 batch_sizes=[1, 3], warmup=0, repeats=1)  # fmt: skip
+    settings.validate()
+    report = run_benchmarks(settings)
+    rows = {(r.implementation, r.batch_size): r for r in report.results}
+    assert set(rows) == {(name, batch) for name in ("segface-hf", "executorch float32") for batch in (1, 3)}
+    for batch in (1, 3):
+        row = rows["executorch float32", batch]
+        assert row.device == "cpu" and row.median_s > 0 and row.peak_memory_mib is not None
+    with pytest.raises(ValueError, match=r"unknown ExecuTorch precision\(s\) \['fp16'\]"):
+        BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], executorch=["fp16"]).validate()

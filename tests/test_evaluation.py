@@ -241,7 +241,8 @@ def test_an_exported_file_is_scored_in_its_runtime_beside_the_pytorch_model(tmp_
     assert "pixels where the export predicts the PyTorch model's class" in printed
 
     # bad input: one line each
-    for bad, message in ((tmp_path / "model.pte", "ending in .onnx"), (tmp_path / "missing.onnx", "does not exist")):
+    for bad, message in ((tmp_path / "model.tflite", "ending in .onnx or .pte"),
+                         (tmp_path / "missing.onnx", "does not exist")):  # fmt: skip
         with pytest.raises(SegFaceExportedModelError, match=message):
             SegFaceExportedModel(bad, config)
     (tmp_path / "broken.onnx").write_bytes(b"not a graph")
@@ -250,6 +251,9 @@ def test_an_exported_file_is_scored_in_its_runtime_beside_the_pytorch_model(tmp_
     wrong_size = SegFaceExportedModel(tmp_path / "model.onnx", config)
     with pytest.raises(SegFaceExportedModelError, match="the size it was exported at"):
         wrong_size(torch.zeros(1, 3, 32, 32))
+    other_labels = tiny_config(num_labels=3)
+    with pytest.raises(SegFaceExportedModelError, match="gives 2 classes, but the model it is paired with has 3"):
+        SegFaceExportedModel(tmp_path / "model.onnx", other_labels)(pixels)
     assert script.main(["--model", str(tmp_path / "model"), "--dataset", str(folder), "--exported",
                         str(tmp_path / "model.onnx"), "--model-card"]) == 2  # fmt: skip
     assert "leave out --model-card" in capsys.readouterr().err

@@ -260,3 +260,24 @@ def test_missing_detector_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
     with pytest.raises(SegFaceMissingDependencyError, match=r"segface-hf\[faces\]"):
         SegFaceFaceDetector()
+
+
+def test_crops_go_through_the_model_one_at_a_time_on_the_cpu_unless_a_batch_size_is_given(tiny_celeb):
+    from segface_hf.inference.faces import segment_crops
+
+    model, processor = tiny_celeb
+    crops = [SegFaceFaceCrop(image=PIL.Image.new("RGB", (64, 64), (40 * i, 90, 120)), quad=None, resize=True)
+             for i in range(3)]  # fmt: skip
+    batches = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: batches.append(len(kwargs["pixel_values"])),
+                                           with_kwargs=True)  # fmt: skip
+    try:
+        by_default = segment_crops(model, processor, crops)
+        assert batches == [1, 1, 1]
+        batches.clear()
+        in_pairs = segment_crops(model, processor, crops, batch_size=2)
+        assert batches == [2, 1]
+    finally:
+        hook.remove()
+    for one, other in zip(by_default, in_pairs):
+        torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-4)

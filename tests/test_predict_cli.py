@@ -326,3 +326,32 @@ def test_a_photo_turned_sideways_is_parsed_with_its_roll(tiny_model, tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         run(capsys, path, "--model", tiny_model, "--output-dir", tmp_path / "out", "--rotations", "up")
     assert exit_info.value.code == 2 and "--rotations" in capsys.readouterr().err
+
+
+def test_an_exported_file_parses_the_photos_in_its_runtime(tiny_model, tmp_path, capsys):
+    """`segface predict --exported model.onnx`: the same faces and label maps as the PyTorch model (a float32 export
+    reproduces it), from logits computed by onnxruntime."""
+    from segface_hf.release.onnx_export import export_onnx
+
+    model = SegFaceForSemanticSegmentation.from_pretrained(tiny_model).eval()
+    export_onnx(model, tmp_path / "model.onnx", image_size=(64, 64))
+    outputs = {}
+    for name, extra in (("pytorch", ()), ("exported", ("--exported", tmp_path / "model.onnx"))):
+        out = tmp_path / name
+        code, _, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir", out, *extra)
+        assert code == 0, stderr
+        outputs[name] = out
+    summary = _summary(outputs["exported"])
+    assert summary["model"] == f"{tiny_model} ({tmp_path / 'model.onnx'})" and summary["succeeded"] == 3
+    for name in SHARED_PHOTOS:
+        pytorch, exported = _labels(outputs["pytorch"] / f"{name}.png"), _labels(outputs["exported"] / f"{name}.png")
+        assert exported.shape == pytorch.shape and len(np.unique(pytorch)) > 1
+        assert (exported != pytorch).sum() <= 5  # float rounding of nearly tied logits at most
+
+    # bad input: one line each, nothing written
+    for extra, message in ((("--exported", tmp_path / "model.tflite"), "ending in .onnx or .pte"),
+                           (("--exported", tmp_path / "model.onnx", "--device", "cuda"), "run on the CPU")):  # fmt: skip
+        code, _, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir",
+                              tmp_path / "bad", *extra)  # fmt: skip
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert not (tmp_path / "bad").exists()

@@ -782,13 +782,30 @@ def whole_image_crop(image, model_size: int | None = None, needs_landmarks: bool
 # ------------------------------------------------------------------------------------------------ model
 
 
-def segment_crops(model, processor, crops: Sequence[SegFaceFaceCrop], batch_size: int = 8) -> list[torch.Tensor]:
-    """Run the model on crops in batches (crops of equal size together); returns `(num_labels, h, w)` float logits
-    per crop, on the CPU, at the crop's size (face crops) or the model resolution (whole images)."""
+# Face crops per forward pass unless one is asked for. On a CPU a batch takes longer per crop than crops one at a
+# time (MobileNetV3 at 512, 2 threads: 3.9 images/s at batch 8, 4.6 at batch 1; parse_video 1.78 against 2.04 frames/s,
+# docs/benchmarks.md); on a GPU batches pay.
+CPU_BATCH_SIZE = 1
+ACCELERATOR_BATCH_SIZE = 8
+
+
+def default_batch_size(model) -> int:
+    """Crops per forward pass for `model` when none is given: `CPU_BATCH_SIZE` on the CPU, `ACCELERATOR_BATCH_SIZE`
+    elsewhere."""
+    return CPU_BATCH_SIZE if model.device.type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
+def segment_crops(
+    model, processor, crops: Sequence[SegFaceFaceCrop], batch_size: int | None = None
+) -> list[torch.Tensor]:
+    """Run the model on crops in batches of `batch_size` (crops of equal size together; [`default_batch_size`] when
+    not given); returns `(num_labels, h, w)` float logits per crop, on the CPU, at the crop's size (face crops) or the
+    model resolution (whole images)."""
+    if batch_size is None:
+        batch_size = default_batch_size(model)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = model.device, model.dtype
     needs_landmarks = bool(getattr(model.config, "use_face_warp", False))
     results: list[torch.Tensor | None] = [None] * len(crops)
     groups: dict[tuple, list[int]] = {}
@@ -956,7 +973,7 @@ def paste_whole_image(image_size: tuple[int, int], crop: SegFaceFaceCrop, logits
 
 
 def parse_faces(image, model, processor, detector: SegFaceFaceDetector | None = None, detect: bool = True,
-                framing: str = "auto", if_no_face: str = "error", batch_size: int = 8,
+                framing: str = "auto", if_no_face: str = "error", batch_size: int | None = None,
                 detections: Sequence[SegFaceFaceDetection] | None = None) -> SegFaceParsingResult:  # fmt: skip
     """Parse every face of a photo and paste the results back into it.
 
@@ -969,7 +986,7 @@ def parse_faces(image, model, processor, detector: SegFaceFaceDetector | None = 
         framing (`str`, *optional*, defaults to `"auto"`): the crop to cut; `"auto"` follows [`framing_for`].
         if_no_face (`str`, *optional*, defaults to `"error"`): `"error"` raises [`SegFaceNoFaceError`],
             `"whole-image"` parses the whole image instead.
-        batch_size (`int`, *optional*, defaults to 8): faces per forward pass.
+        batch_size (`int`, *optional*): faces per forward pass (1 on the CPU, 8 on a GPU by default).
         detections (list of [`SegFaceFaceDetection`], *optional*): faces found beforehand (e.g. by another detector,
             with 5 landmarks in the order of [`SegFaceFaceDetection`]); used instead of running the detector.
     """
@@ -1015,7 +1032,7 @@ def plan_image(image: PIL.Image.Image, model, processor, detector: SegFaceFaceDe
     if detect or detections is not None:
         if detections is None:
             if detector is None:
-                detector = SegFaceFaceDetector(device=next(model.parameters()).device)
+                detector = SegFaceFaceDetector(device=model.device)
             found = detector.detect(image)
             detections, dropped = found.faces, found.dropped
         if detections:
@@ -1064,6 +1081,7 @@ __all__ = [
     "paste_whole_image",
     "plan_image",
     "quad_for",
+    "default_batch_size",
     "segment_crops",
     "template_landmarks",
     "whole_image_crop",

@@ -35,6 +35,7 @@ from .faces import (
     SegFaceFaceDetector,
     SegFaceImagePlan,
     SegFaceParsingResult,
+    default_batch_size,
     framing_for,
     plan_image,
     segment_crops,
@@ -308,7 +309,8 @@ class SegFacePredictOptions:
         overlay (`bool`, *optional*, defaults to `False`): write `<name>_overlay.jpg` (and `legend.png` once).
         masks (`bool`, *optional*, defaults to `False`): write `<name>_masks/<index>_<class>.png` per class present.
         per_face (`bool`, *optional*, defaults to `False`): write `<name>_face<i>.png`, one label map per face.
-        batch_size (`int`, *optional*, defaults to 4): faces (or whole images) per forward pass.
+        batch_size (`int`, *optional*): faces (or whole images) per forward pass (1 on the CPU, 8 on a GPU by
+            default).
         detect (`bool`, *optional*, defaults to `True`): detect faces; `False` parses each image as one aligned crop.
         framing (`str`, *optional*, defaults to `"auto"`): face crop (`auto`, `celebamask-hq`, `helen`, `lapa`).
         if_no_face (`str`, *optional*, defaults to `"error"`): `error` fails the input, `whole-image` parses it whole.
@@ -332,7 +334,7 @@ class SegFacePredictOptions:
     overlay: bool = False
     masks: bool = False
     per_face: bool = False
-    batch_size: int = 4
+    batch_size: int | None = None
     detect: bool = True
     framing: str = "auto"
     if_no_face: str = "error"
@@ -360,7 +362,7 @@ class SegFacePredictOptions:
             raise SegFaceUsageError(f"--shard-rows must be at least 1, got {self.shard_rows}.")
         if self.num_workers < 0:
             raise SegFaceUsageError(f"--num-workers must be 0 or more, got {self.num_workers}.")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise SegFaceUsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if not 0.0 <= self.alpha <= 1.0:
             raise SegFaceUsageError(f"--alpha must lie in [0, 1], got {self.alpha}.")
@@ -527,6 +529,7 @@ def predict(
     """
     options = options or SegFacePredictOptions()
     options.check()
+    batch_size = options.batch_size or default_batch_size(model)
     processes = processes or current_processes()
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -579,7 +582,7 @@ def predict(
     framing = framing_for(config) if options.framing == "auto" else options.framing
     detector = None
     if options.detect and options.num_workers == 0:
-        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device,
+        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=model.device,
                                        rotations=options.rotations)  # fmt: skip
     writer = writer_class(output_dir, config, options, split=source.split, rank=processes.rank)
     shard = SegFaceSummaryShard(output_dir, processes.rank)
@@ -604,7 +607,7 @@ def predict(
     def finish(batch: list[tuple[SegFaceInput, PIL.Image.Image, SegFaceImagePlan]]) -> None:
         crops = [crop for _, _, plan in batch for crop in plan.crops]
         try:
-            logits = segment_crops(model, processor, crops, batch_size=options.batch_size)
+            logits = segment_crops(model, processor, crops, batch_size=batch_size)
         except (RuntimeError, ValueError, MemoryError) as error:
             if len(batch) > 1:  # find out which input it was: run them one by one
                 for entry in batch:
@@ -626,7 +629,7 @@ def predict(
                         "--output-format dataset for them")  # fmt: skip
         try:
             found = detector or SegFaceFaceDetector(min_face_size=options.min_face_size,
-                                                    device=next(model.parameters()).device)  # fmt: skip
+                                                    device=model.device)  # fmt: skip
             outputs = SegFaceVideoOutputOptions(overlay=True, labels=options.video_labels, alpha=options.alpha)
             record = predict_video(item.path, item.name, model, processor, output_dir, options=options.video_options(),
                                    outputs=outputs, detector=found, progress=progress and processes.is_main)  # fmt: skip
@@ -646,7 +649,7 @@ def predict(
                 fail(item, error)
                 continue
             pending.append((item, image, plan))
-            if sum(len(plan.crops) for _, _, plan in pending) >= options.batch_size:
+            if sum(len(plan.crops) for _, _, plan in pending) >= batch_size:
                 finish(pending)
                 pending = []
         if pending:

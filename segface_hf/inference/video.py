@@ -34,6 +34,7 @@ from .faces import (
     SegFaceFaceDetection,
     SegFaceFaceDetector,
     SegFaceParsingResult,
+    default_batch_size,
     face_crops,
     framing_for,
     model_input_size,
@@ -59,7 +60,8 @@ class SegFaceVideoOptions:
     Options of [`parse_video`].
 
     Args:
-        batch_size (`int`, *optional*, defaults to 8): face crops per forward pass (from several frames).
+        batch_size (`int`, *optional*): face crops per forward pass, from several frames (1 on the CPU, 8 on a GPU
+            by default).
         detect_every (`int`, *optional*, defaults to 1): run the detector every k-th frame (and at cuts); the tracks'
             constant-velocity predictions frame the faces in between.
         framing (`str`, *optional*, defaults to `"auto"`): face crop (`auto`, `celebamask-hq`, `helen`, `lapa`).
@@ -80,7 +82,7 @@ class SegFaceVideoOptions:
         fps (`float`, *optional*, defaults to 25.0): frame rate of frames given as an iterable (files carry theirs).
     """
 
-    batch_size: int = 8
+    batch_size: int | None = None
     detect_every: int = 1
     framing: str = "auto"
     stabilize: str = "polynomial"
@@ -96,7 +98,7 @@ class SegFaceVideoOptions:
 
     def check(self) -> None:
         problems = []
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.detect_every < 1:
             problems.append(f"--detect-every must be at least 1, got {self.detect_every}")
@@ -251,9 +253,10 @@ def parse_video(path_or_frames, model, processor, options: SegFaceVideoOptions |
     options = options or SegFaceVideoOptions()
     options.check()
     framing = framing_for(model.config) if options.framing == "auto" else options.framing
+    batch_size = options.batch_size or default_batch_size(model)
     input_size = model_input_size(processor)
     if detector is None:
-        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=next(model.parameters()).device)
+        detector = SegFaceFaceDetector(min_face_size=options.min_face_size, device=model.device)
     if total is None and isinstance(path_or_frames, (str, os.PathLike)):
         total = probe_video(path_or_frames, max_pixels=options.max_pixels).frame_count
     lag = options.window if options.stabilize == "polynomial" else 0
@@ -279,7 +282,7 @@ def parse_video(path_or_frames, model, processor, options: SegFaceVideoOptions |
 
     def run_model() -> Iterator[SegFaceVideoFrameResult]:
         crops = [crop for entry in batch for crop in entry.crops]
-        logits = segment_crops(model, processor, crops, batch_size=options.batch_size) if crops else []
+        logits = segment_crops(model, processor, crops, batch_size=batch_size) if crops else []
         start = 0
         for entry in batch:
             face_logits = logits[start : start + len(entry.crops)]
@@ -295,7 +298,7 @@ def parse_video(path_or_frames, model, processor, options: SegFaceVideoOptions |
     def release(entry: _PendingFrame) -> Iterator[SegFaceVideoFrameResult]:
         cut_crops(entry)
         batch.append(entry)
-        if sum(len(e.crops) for e in batch) >= options.batch_size or len(batch) >= options.batch_size:
+        if sum(len(e.crops) for e in batch) >= batch_size or len(batch) >= batch_size:
             yield from run_model()
         waiting = [e.frame.index for e in batch[:1] + tracked[:1]]
         oldest = min(waiting) if waiting else entry.frame.index + 1

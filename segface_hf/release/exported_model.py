@@ -1,6 +1,7 @@
 """An exported SegFace file (`segface export`) wrapped to be called like the PyTorch model, so that code written for
-[`SegFaceForSemanticSegmentation`] (evaluation, prediction loops) can score the export itself: the logits come from
-the file's own runtime, the config (labels, image size, face warp) from the model folder it was exported from.
+[`SegFaceForSemanticSegmentation`] (evaluation, photo and video parsing) runs the export itself: the logits come from
+the file's own runtime (onnxruntime or ExecuTorch, on the CPU), the config (labels, image size, face warp) from the
+model folder it was exported from.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ..errors import SegFaceError, error_summary
 
-# File endings and the runtime that runs them.
-EXPORTED_RUNTIMES = {".onnx": "onnxruntime"}
+# File endings and the `segface export` format whose runtime runs them (int8 and float16 files run the same way).
+EXPORTED_FORMATS = {".onnx": "onnx", ".pte": "executorch"}
 
 
 class SegFaceExportedModelError(SegFaceError, ValueError):
@@ -28,7 +29,7 @@ class SegFaceExportedModel(nn.Module):
 
     Args:
         path (`str` or `os.PathLike`):
-            The exported file (`.onnx`).
+            The exported file (`.onnx` or `.pte`).
         config ([`SegFaceConfig`]):
             The config of the model it was exported from.
         threads (`int`, *optional*):
@@ -47,26 +48,37 @@ class SegFaceExportedModel(nn.Module):
 
     def __init__(self, path: str | os.PathLike, config, threads: int | None = None):
         super().__init__()
-        from .export import onnx_runner
+        from .export import export_format, runner
 
         self.path = Path(path).expanduser()
-        if self.path.suffix not in EXPORTED_RUNTIMES:
+        if self.path.suffix not in EXPORTED_FORMATS:
             raise SegFaceExportedModelError(
                 f"{str(self.path)!r} is not an exported model this package can run; give a file ending in "
-                f"{', '.join(EXPORTED_RUNTIMES)} (written by segface export)."
+                f"{' or '.join(EXPORTED_FORMATS)} (written by segface export)."
             )
         if not self.path.is_file():
             raise SegFaceExportedModelError(f"the exported model {str(self.path)!r} does not exist.")
         self.config = config
-        self.runtime = EXPORTED_RUNTIMES[self.path.suffix]
+        export = export_format(EXPORTED_FORMATS[self.path.suffix])
+        self.runtime = export.runtime
         try:
-            self._run = onnx_runner(self.path, threads=threads)
+            self._run = runner(self.path, export, threads=threads)
         except SegFaceError:
             raise
-        except Exception as error:  # onnxruntime raises its own kinds for a bad file
+        except Exception as error:  # the runtimes raise their own kinds for a bad file
             raise SegFaceExportedModelError(
                 f"{str(self.path)!r} cannot be loaded with {self.runtime}: {error_summary(error)}"
             ) from error
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the runtimes here run on the CPU."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The inputs' dtype: every export takes float32 pixels (int8 files quantize inside)."""
+        return torch.float32
 
     def forward(self, pixel_values: torch.Tensor, landmarks: torch.Tensor | None = None, **kwargs):
         feed = {"pixel_values": np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())}
@@ -81,7 +93,12 @@ class SegFaceExportedModel(nn.Module):
                 f"{self.runtime} could not run {str(self.path)!r} on inputs of shape {tuple(pixel_values.shape)} "
                 f"(an export takes the size it was exported at): {error_summary(error)}"
             ) from error
+        if logits.shape[1] != self.config.num_labels:
+            raise SegFaceExportedModelError(
+                f"{str(self.path)!r} gives {logits.shape[1]} classes, but the model it is paired with has "
+                f"{self.config.num_labels}: give the model folder it was exported from."
+            )
         return SemanticSegmenterOutput(logits=torch.from_numpy(logits).to(pixel_values.device))
 
 
-__all__ = ["EXPORTED_RUNTIMES", "SegFaceExportedModel", "SegFaceExportedModelError"]
+__all__ = ["EXPORTED_FORMATS", "SegFaceExportedModel", "SegFaceExportedModelError"]
