@@ -148,3 +148,39 @@ def test_the_card_lists_the_programs_at_their_hub_paths(saved_model, exports):
     check_model_card(card)
     row = next(line for line in card.splitlines() if line.startswith("| `executorch/model.pte` |"))
     assert "| executorch |" in row and f"{result.fidelity.argmax_agreement:.4f} (2 faces)" in row
+
+
+def test_parameter_products_are_folded_before_lowering(model):
+    """XNNPACK delegates a matrix product only when its weight is a constant: after `fold_parameter_products` every
+    product's weight is a stored constant (the fusion matrices the fast path computes from two parameters are folded),
+    the positional encoding's sine and cosine are still computed, and the program computes the same logits."""
+    from segface_hf.release.executorch_export import fold_parameter_products
+    from segface_hf.release.onnx_export import SegFaceLogitsOnly, example_inputs
+
+    inputs = example_inputs(model.config, 2, (64, 64))
+    with torch.no_grad():
+        program = torch.export.export(SegFaceLogitsOnly(model, False).eval(), tuple(inputs.values()), strict=False)
+        expected = program.module()(*inputs.values())
+    products = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.linear.default)
+
+    def computed_weights(graph):
+        """The products in `graph` whose weight (seen through transposes) is computed rather than stored."""
+        computed = []
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in products:
+                weight = node.args[1] if node.target == torch.ops.aten.linear.default else node.args[-1]
+                while weight.op == "call_function" and weight.target in (torch.ops.aten.t.default,
+                                                                         torch.ops.aten.permute.default):  # fmt: skip
+                    weight = weight.args[0]
+                if weight.op != "placeholder" or weight.name == "pixel_values":
+                    computed.append(node)
+        return computed
+
+    assert computed_weights(program.graph)  # the fusion matrices: products of the projection and fusion weights
+    with torch.no_grad():
+        folded = fold_parameter_products(program)  # (in place)
+        got = folded.module()(*inputs.values())
+    assert computed_weights(folded.graph) == []
+    targets = {node.target for node in folded.graph.nodes if node.op == "call_function"}
+    assert {torch.ops.aten.sin.default, torch.ops.aten.cos.default} <= targets
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
