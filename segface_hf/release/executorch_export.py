@@ -3,14 +3,14 @@
 The model is captured with `torch.export` (non-strict) with a dynamic batch dimension, lowered with
 `to_edge_transform_and_lower` and the `XnnpackPartitioner` (the operators XNNPACK does not cover, such as the face
 warp's `grid_sampler_2d` of the LaPa models, run as ExecuTorch's portable kernels inside the same program) and
-serialised with `to_executorch`. Before lowering, the products of parameters that the fast path computes on every call
-(the folded fusion matrices, see [`fold_parameter_products`]) are folded into constants, and the decoder attends
+serialised with `to_executorch`. Before lowering, the products of parameters that the fast path computes on every
+call (the folded fusion matrices, see [`fold_parameter_products`]) are folded into constants, and the decoder attends
 with explicit matrix products and a softmax instead of SDPA: XNNPACK takes a linear layer only with constant weights,
 and SDPA's decomposition leaves its masking to ExecuTorch's portable kernels, which are single-threaded reference
-code (MobileNetV3 at 512: 2.6 s per image with both, 0.4 s without the first). For int8 the captured graph is quantized first with PT2E: the XNNPACK quantizer's
-symmetric per-channel config (int8 weights per output channel, int8 activations) on the convolutions and linear layers
-(`QUANTIZED_OPERATORS`), observers calibrated on face crops, then `convert_pt2e`, so XNNPACK runs them as integer
-kernels.
+code (MobileNetV3 at 512: 2.6 s per image before the folding, 0.4 s after). For int8 the captured graph is quantized
+first with PT2E: the XNNPACK quantizer's symmetric per-channel config (int8 weights per output channel, int8
+activations) on the convolutions and linear layers (`QUANTIZED_OPERATORS`), observers calibrated on face crops, then
+`convert_pt2e`, so XNNPACK runs them as integer kernels.
 """
 
 from __future__ import annotations
