@@ -159,19 +159,19 @@ def save_export_model(model, folder):
     return folder
 
 
-def run_export_cli(capsys, *args):
-    """`segface export ARGS`: (exit code, stdout, stderr)."""
+def run_export_cli(capsys, *args, command: str = "export"):
+    """`segface COMMAND ARGS` (`export`, or its older alias `export-onnx`): (exit code, stdout, stderr)."""
     from segface_hf.cli import main
 
-    code = main(["export", *map(str, args)])
+    code = main([command, *map(str, args)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def one_export_error_line(err: str) -> str:
-    """The single line `segface export` wrote to stderr for a usage error (fails unless there is exactly one)."""
+def one_export_error_line(err: str, command: str = "export") -> str:
+    """The single line `segface COMMAND` wrote to stderr for a usage error (fails unless there is exactly one)."""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("segface export: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"segface {command}: error: "), err
     return lines[0]
 
 

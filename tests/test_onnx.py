@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO_ROOT, scaled_model
+from conftest import REPO_ROOT, one_export_error_line, run_export_cli, scaled_model
 
 from segface_hf.release import onnx_export
 from segface_hf.release.onnx_export import (
@@ -157,17 +157,11 @@ def saved_model(tmp_path_factory):
 
 
 def _export_cli(capsys, *args):
-    from segface_hf.cli import main
-
-    code = main(["export-onnx", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_export_cli(capsys, *args, command="export-onnx")
 
 
 def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("segface export-onnx: error: "), err
-    return lines[0]
+    return one_export_error_line(err, command="export-onnx")
 
 
 def test_cli_export_runs_in_onnxruntime_and_matches_pytorch(saved_model, tmp_path, capsys):
