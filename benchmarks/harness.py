@@ -907,8 +907,9 @@ def _measure_model(
             exported_runs[IMPLEMENTATION_ONNX] = _onnx_runner(base, spec.resolution, settings.threads, scratch)
         for mode in settings.onnx_int8:
             progress(f"{spec.name}@{spec.resolution}: exporting to ONNX int8 ({mode})")
-            exported_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(base, spec.resolution, settings.threads,
-                                                                           scratch, int8=mode)  # fmt: skip
+            exported_runs[f"{IMPLEMENTATION_ONNX} int8 {mode}"] = _onnx_runner(
+                base, spec.resolution, settings.threads, scratch, int8=mode
+            )
         for precision in settings.executorch:
             progress(f"{spec.name}@{spec.resolution}: exporting to ExecuTorch ({precision})")
             exported_runs[f"{IMPLEMENTATION_EXECUTORCH} {precision}"] = _exported_runner(
@@ -918,8 +919,8 @@ def _measure_model(
             for mode in ([None] if settings.onnx else []) + list(settings.onnx_int8):
                 progress(f"{PEER_NAME}@{spec.resolution}: exporting to ONNX" + (f" int8 ({mode})" if mode else ""))
                 name = f"{PEER_NAME} {IMPLEMENTATION_ONNX}" + (f" int8 {mode}" if mode else " float32")
-                exported_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads, scratch,
-                                                    int8=mode)  # fmt: skip
+                exported_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads,
+                                                        scratch, int8=mode)  # fmt: skip
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]
         model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base
