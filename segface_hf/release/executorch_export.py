@@ -4,10 +4,9 @@ The model is captured with `torch.export` (non-strict) with a dynamic batch dime
 `to_edge_transform_and_lower` and the `XnnpackPartitioner` (the operators XNNPACK does not cover, such as the face
 warp's `grid_sampler_2d` of the LaPa models, run as ExecuTorch's portable kernels inside the same program) and
 serialised with `to_executorch`. Before lowering, the products of parameters that the fast path computes on every
-call (the folded fusion matrices, see [`fold_parameter_products`]) are folded into constants, and the decoder attends
-with explicit matrix products and a softmax instead of SDPA: XNNPACK takes a linear layer only with constant weights,
-and SDPA's decomposition leaves its masking to ExecuTorch's portable kernels, which are single-threaded reference
-code (MobileNetV3 at 512: 2.6 s per image before the folding, 0.4 s after). For int8 the captured graph is quantized
+call (the folded fusion matrices, see [`fold_parameter_products`]) are folded into constants: XNNPACK takes a linear
+layer only with constant weights, and the others run on ExecuTorch's portable kernels, which are single-threaded
+reference code (MobileNetV3 at 512: 2.6 s per image before the folding, 0.4 s after). For int8 the captured graph is quantized
 first with PT2E: the XNNPACK quantizer's symmetric per-channel config (int8 weights per output channel, int8
 activations) on the convolutions and linear layers (`QUANTIZED_OPERATORS`), observers calibrated on face crops, then
 `convert_pt2e`, so XNNPACK runs them as integer kernels.
@@ -87,18 +86,6 @@ def fold_parameter_products(program: torch.export.ExportedProgram) -> torch.expo
     return constant_prop_pass(program, custom_skip_targets=skipped)
 
 
-@contextlib.contextmanager
-def explicit_decoder_attention(model: nn.Module):
-    """Temporarily run the decoder's attention with the eager implementation (matrix products and a softmax, which
-    XNNPACK delegates) instead of SDPA; both compute the same function."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
-
-
 def output_stage_filter(graph_module: torch.fx.GraphModule):
     """A quantizer filter that is false for the nodes from the first one in `FLOAT_OUTPUT_MODULE` to the end (the
     tracer records each node's module path in its `nn_module_stack`)."""
@@ -174,7 +161,7 @@ def export_executorch(
         raise SegFaceExecuTorchError("int8 ExecuTorch export needs at least one calibration face.")
     module = SegFaceLogitsOnly(model, bool(model.config.use_face_warp)).eval()
     inputs = example_inputs(model.config, 2, image_size)
-    with exportable_backbone_attention(model), explicit_decoder_attention(model), torch.no_grad(), _quiet():
+    with exportable_backbone_attention(model), torch.no_grad(), _quiet():
         if calibration is not None:
             module = quantize_pt2e(module, inputs, calibration)
         program = fold_parameter_products(_capture(module, inputs))
@@ -217,7 +204,6 @@ __all__ = [
     "SegFaceExecuTorchError",
     "UNFOLDED_OPERATORS",
     "executorch_runner",
-    "explicit_decoder_attention",
     "export_executorch",
     "fold_parameter_products",
     "output_stage_filter",
