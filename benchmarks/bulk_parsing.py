@@ -6,7 +6,8 @@ and a large folder; images/s = (large - small) / (time large - time small), whic
 loading, process-group set-up) out. The configurations alternate within each repeat; the median is reported, with
 the load average before and after (the machine may be shared).
 
-    python benchmarks/bulk_parsing.py --processes 1 2 --small 6 --large 30 --repeats 3 --markdown bulk.md
+    segface benchmark bulk --processes 1 2 --small 6 --large 30 --repeats 3 --markdown bulk.md
+    python benchmarks/bulk_parsing.py --processes 1 2   # the same
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def timed_run(processes: int, inputs: Path, model: Path, scratch: Path, extra: l
     return elapsed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--small", type=int, default=6, help="images in the small folder (default: 6)")
     parser.add_argument("--large", type=int, default=30, help="images in the large folder (default: 30)")
@@ -76,7 +77,7 @@ def main() -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more segface predict options")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--markdown")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     scratch = Path(tempfile.mkdtemp(prefix="segface-bulk-bench-"))
     try:

@@ -1,4 +1,5 @@
-"""Video throughput and memory: `python benchmarks/video.py [--frames 60] [--memory-frames 200 2000]`.
+"""Video throughput and memory: `segface benchmark video [--frames 60] [--memory-frames 200 2000]` (or
+`python benchmarks/video.py`).
 
 1. Frames per second of `parse_video` (MobileNetV3 at 512, random weights, MTCNN every frame) on a 640x480 clip with
    one face, against the same frames parsed one by one as photos (`detect` + `parse_faces`), interleaved, median of
@@ -137,8 +138,8 @@ def peak_rss_child(path: str, tiny: bool, detect_every: int) -> None:
     print(json.dumps({"frames": record["frames"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, help="crops per forward pass (default: parse_video's own)")
@@ -152,9 +153,10 @@ def main() -> None:
     parser.add_argument("--flicker-model", help="a trained SegFace folder for the flicker figure (default: random "
                         "MobileNetV3 @512, which measures the crop's steadiness, not a trained parser's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
-        return peak_rss_child(args.child, args.memory_resolution_128, args.memory_detect_every)
+        peak_rss_child(args.child, args.memory_resolution_128, args.memory_detect_every)
+        return 0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     if not args.skip_throughput:
@@ -185,7 +187,8 @@ def main() -> None:
             for row in rows:
                 print(f"| {row['frames']} | {row['peak_rss_mib']:.0f} |")
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

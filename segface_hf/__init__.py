@@ -21,6 +21,7 @@ from .configuration_segface import (
 )
 from .image_processing_segface import SegFaceImageProcessor
 from .image_processing_segface_fast import SegFaceImageProcessorFast
+from .errors import SegFaceError
 from .image_io import SegFaceImageError
 from .modeling_segface import SegFaceForSemanticSegmentation, SegFacePreTrainedModel
 

@@ -5,250 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import benchmark, build_dataset, evaluate, export, finetune, push, train
-from .configuration_segface import OFFICIAL_VARIANTS
+from .commands import (
+    benchmark,
+    build_dataset,
+    convert,
+    download,
+    evaluate,
+    export,
+    export_onnx,
+    finetune,
+    predict,
+    push,
+    train,
+)
 from .errors import SegFaceError, error_summary
 
-FRAMING_CHOICES = ("auto", "celebamask-hq", "helen", "lapa")
-
-
-def _add_convert_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an official SegFace checkpoint (model_299.pt) to a from_pretrained folder",
-        description="Convert an official SegFace release checkpoint into a transformers folder (safetensors, config, "
-        "image processor and the remote code).",
-    )
-    parser.add_argument("--checkpoint", required=True, help="path to the release file, e.g. model_299.pt")
-    parser.add_argument(
-        "--variant",
-        required=True,
-        help=f"the official variant the file belongs to: one of {', '.join(sorted(OFFICIAL_VARIANTS))} "
-        "(or <backbone>_<dataset>_<resolution> for an unreleased backbone)",
-    )
-    parser.add_argument("--output-dir", required=True, help="folder to write the converted model into")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.set_defaults(handler=_run_convert)
-
-
-def _run_convert(args) -> int:
-    from .release.conversion import convert_original_checkpoint
-
-    summary = convert_original_checkpoint(args.checkpoint, args.variant, args.output_dir, overwrite=args.overwrite)
-    print(summary)
-    return 0
-
-
-def _add_predict_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="parse the faces in images, videos, folders or glob patterns",
-        description="Detect the faces of each image, parse each one in the framing the model was trained on, and "
-        "write a label PNG per image at its original size (plus, on request, a coloured overlay, one mask per class "
-        "and one label map per face) and summary.json. Inputs that fail are reported in one line each; the exit "
-        "status is 1 if any input failed.",
-    )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (searched recursively) or "
-                        "glob patterns (quote them, e.g. 'photos/**/*.jpg'); or use --dataset")  # fmt: skip
-    parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
-    parser.add_argument("--output-dir", required=True, help="folder for the outputs (created if needed)")
-    parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg and legend.png")
-    parser.add_argument("--masks", action="store_true", help="also write <name>_masks/<index>_<class>.png")
-    parser.add_argument("--per-face", action="store_true", help="also write <name>_face<i>.png, one label map per face")
-    parser.add_argument("--batch-size", type=int, help="faces per forward pass (default: 1 on the CPU, 8 on a GPU)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
-    parser.add_argument("--exported", metavar="FILE", help="run this export of --model (a .onnx or .pte file from "
-                        "segface export, e.g. int8) in its own runtime on the CPU instead of the PyTorch model")  # fmt: skip
-    parser.add_argument("--no-detect", action="store_true",
-                        help="skip face detection: each image is one already-aligned face crop")  # fmt: skip
-    parser.add_argument("--if-no-face", default="error", choices=["error", "whole-image"],
-                        help="what to do with an image without a detected face (default: error)")  # fmt: skip
-    parser.add_argument("--framing", default="auto", choices=FRAMING_CHOICES,
-                        help="face crop to cut (default: auto, from the model's label set)")  # fmt: skip
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
-    parser.add_argument(
-        "--min-face-size", type=int, default=20, help="smallest face to detect, in pixels (default: 20)"
-    )
-    parser.add_argument("--rotations", default="auto", choices=["auto", "always", "never"],
-                        help="search for rotated faces: auto (only when the upright pass finds none or finds rolled "
-                        "faces; fast on upright photos), always (every photo turned in 45-degree steps), never "
-                        "(default: auto)")  # fmt: skip
-    video = parser.add_argument_group("videos", "inputs with a video extension (.mp4, .mov, .mkv, ...) are parsed "
-                                      "frame by frame with tracked faces; see docs/video.md")  # fmt: skip
-    video.add_argument("--video-labels", default="video", choices=["video", "png", "none"],
-                       help="per video: a lossless label video, a folder of label PNGs, or neither (default: video)")  # fmt: skip
-    video.add_argument("--detect-every", type=int, default=1,
-                       help="run the detector every k-th frame, tracking in between (default: 1)")  # fmt: skip
-    video.add_argument("--stabilize", default="polynomial", choices=["polynomial", "one-euro", "none"],
-                       help="steady each face's landmarks over time (default: polynomial, a look-ahead fit)")  # fmt: skip
-    video.add_argument("--window", type=int, default=10,
-                       help="frames on either side for --stabilize polynomial (default: 10)")  # fmt: skip
-    video.add_argument("--label-smoothing", type=float, default=0.0,
-                       help="momentum in [0, 1) of the class-probability average along a track (default: 0, off)")  # fmt: skip
-    video.add_argument("--cut-threshold", type=float, default=0.3,
-                       help="colour histogram distance that counts as a scene cut (default: 0.3)")  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true",
-                        help="parse every input again (default: skip the inputs whose complete outputs exist)")  # fmt: skip
-    parser.add_argument("--num-workers", type=int, default=0,
-                        help="DataLoader workers that decode images and detect faces (default: 0, in the process)")  # fmt: skip
-    data = parser.add_argument_group("datasets in and out")
-    data.add_argument("--dataset", metavar="NAME_OR_PATH",
-                      help="parse the rows of a dataset instead of INPUTs: a save_to_disk folder, a .parquet file, a "
-                      "data folder or a Hub dataset id")  # fmt: skip
-    data.add_argument("--split", default="train", help="the dataset split to parse (default: train)")
-    data.add_argument("--image-column", default="image", help="the column holding the images (default: image)")
-    data.add_argument("--id-column", help="the column naming each row (default: image_id or id if present, else the "
-                      "row number)")  # fmt: skip
-    data.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it whole")
-    data.add_argument("--output-format", default="files", choices=["files", "dataset"],
-                      help="files: PNGs and summary.json; dataset: parquet shards under data/ that "
-                      "datasets.load_dataset(OUTPUT_DIR) opens (default: files)")  # fmt: skip
-    data.add_argument("--shard-rows", type=int, default=1000, help="rows per parquet shard (default: 1000)")
-    data.add_argument("--push-to-hub", metavar="REPO_ID",
-                      help="upload the dataset (--output-format dataset) to this Hub dataset repo when done")  # fmt: skip
-    data.add_argument("--public", action="store_true", help="create the --push-to-hub repo public (default: private)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_run_predict)
-
-
-def _run_predict(args) -> int:
-    from .inference.bulk import current_processes
-    from .inference.loading import load_model
-    from .inference.predict import SegFacePredictOptions, predict
-    from .inference.video import SegFaceVideoOptions
-
-    video = SegFaceVideoOptions(detect_every=args.detect_every, stabilize=args.stabilize, window=args.window,
-                                label_smoothing=args.label_smoothing, cut_threshold=args.cut_threshold)  # fmt: skip
-    options = SegFacePredictOptions(overlay=args.overlay, masks=args.masks, per_face=args.per_face,
-                                    batch_size=args.batch_size, detect=not args.no_detect, framing=args.framing,
-                                    if_no_face=args.if_no_face, alpha=args.alpha,
-                                    min_face_size=args.min_face_size, overwrite=args.overwrite,
-                                    num_workers=args.num_workers, output_format=args.output_format,
-                                    shard_rows=args.shard_rows, rotations=args.rotations, video=video,
-                                    video_labels=args.video_labels)  # fmt: skip
-    options.check()
-    if bool(args.inputs) == bool(args.dataset):
-        raise ValueError("give either INPUT files, folders or patterns, or --dataset, not both."
-                         if args.inputs else "nothing to parse: give INPUT files, folders or patterns, or --dataset.")  # fmt: skip
-    if args.push_to_hub and args.output_format != "dataset":
-        raise ValueError("--push-to-hub uploads a dataset: add --output-format dataset.")
-    if args.quiet:
-        from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        disable_progress_bars()
-    processes = current_processes()
-    inputs = args.inputs
-    if args.dataset:
-        from .inference.dataset_io import dataset_source
-
-        inputs = dataset_source(args.dataset, split=args.split, image_column=args.image_column,
-                                id_column=args.id_column, streaming=args.streaming)  # fmt: skip
-    if args.exported and args.device != "cpu":
-        raise ValueError("--exported files run on the CPU: drop --device cuda.")
-    model, processor = load_model(args.model, device=processes.device(args.device))
-    model_name = args.model
-    if args.exported:
-        from .release.exported_model import SegFaceExportedModel
-
-        model, model_name = SegFaceExportedModel(args.exported, model.config), f"{args.model} ({args.exported})"
-    summary = predict(inputs, model, processor, args.output_dir, options=options, model_name=model_name,
-                      progress=not args.quiet, report=lambda line: print(f"segface predict: {line}", file=sys.stderr),
-                      processes=processes)  # fmt: skip
-    if processes.is_main:
-        skipped = f", {summary.skipped} skipped (already parsed)" if summary.skipped else ""
-        print(f"segface predict: {summary.succeeded} succeeded, {summary.failed} failed{skipped}; outputs and "
-              f"summary.json in {args.output_dir}")  # fmt: skip
-        if args.push_to_hub:
-            from .inference.dataset_io import push_parses_to_hub
-
-            url = push_parses_to_hub(args.output_dir, args.push_to_hub, private=not args.public)
-            print(f"segface predict: uploaded to {url}" + ("" if args.public else " (private)"))
-    return 1 if summary.failed else 0
-
-
-def _add_download_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "download",
-        help="download an official checkpoint from kartiknarayan/SegFace, convert and verify it",
-        description="Fetch VARIANT/model_299.pt from the Hub repo kartiknarayan/SegFace (cached by huggingface_hub), "
-        "convert it to a from_pretrained folder and check that it loads and runs.",
-    )
-    parser.add_argument("variant", metavar="VARIANT", help=f"one of {', '.join(sorted(OFFICIAL_VARIANTS))}")
-    parser.add_argument("--output-dir", help="folder to write (default: segface-<variant with dashes>)")
-    parser.add_argument("--cache-dir", help="huggingface_hub cache folder (default: the usual HF cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.set_defaults(handler=_run_download)
-
-
-def _run_download(args) -> int:
-    from .release.hub import download_official
-
-    print(download_official(args.variant, args.output_dir, cache_dir=args.cache_dir, overwrite=args.overwrite))
-    return 0
-
-
-def _add_export_onnx_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export-onnx",
-        help="export a model to float32 ONNX (dynamic batch size), checked with onnxruntime on random inputs; "
-        "`segface export` also writes onnx-fp16 and onnx-int8",
-        description="Export a SegFace model to an ONNX graph with a dynamic batch size at a fixed resolution, run it "
-        "with onnxruntime at batch sizes 1 and 3 and compare with PyTorch. The file is kept only if the logits differ "
-        "by at most 1e-3 and at least 99.9% of the predicted classes agree; a failed export leaves nothing on disk. "
-        "Needs onnx, onnxscript and onnxruntime.",
-    )
-    parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
-    parser.add_argument("--output", required=True, help="the .onnx file to write (its folder is created if needed)")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS",
-                        help="HEIGHT [WIDTH] the graph takes (default: the model's image_size)")  # fmt: skip
-    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (default: 20; 18 for older runtimes)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_run_export_onnx)
-
-
-def _run_export_onnx(args) -> int:
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from .release.onnx_export import SegFaceOnnxError, export_onnx
-    from .inference.loading import load_segface_model
-
-    # Everything that can be checked without the model fails here, before a possibly long load or download.
-    image_size = export.image_size_option(args.image_size)
-    output = Path(args.output).expanduser()
-    if output.suffix != ".onnx":
-        raise ValueError(f"--output must name a .onnx file, got {args.output!r}.")
-    if output.is_dir():
-        raise ValueError(f"--output {args.output} is a folder; name the .onnx file to write.")
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it.")
-    export.prepare(args)
-
-    steps = tqdm(total=2, desc="segface export-onnx", file=sys.stderr, disable=args.quiet)
-    try:
-        steps.set_postfix_str("loading the model")
-        model = load_segface_model(args.model).float()
-        steps.update()
-        steps.set_postfix_str("tracing and converting" + ("" if args.no_verify else ", checking with onnxruntime"))
-        result = export_onnx(model, output, image_size=image_size, opset_version=args.opset,
-                             verify=not args.no_verify, overwrite=args.overwrite)  # fmt: skip
-        steps.update()
-    except (SegFaceOnnxError, OSError) as error:  # main() reports them in one line, like the other usage errors
-        raise ValueError(str(error)) from error
-    finally:
-        steps.close()
-    print("segface export-onnx: " + "; ".join(str(result).splitlines()))
-    return 0
-
-
-# Subcommands whose options live in their own module (configure + run).
-MODULE_COMMANDS = {"export": export, "build-dataset": build_dataset, "evaluate": evaluate, "push": push,
-                   "benchmark": benchmark}
+# Subcommands whose options live in their own module (configure + run), in the order `segface --help` lists them.
+MODULE_COMMANDS = {"convert": convert, "predict": predict, "download": download, "export-onnx": export_onnx,
+                   "export": export, "build-dataset": build_dataset, "evaluate": evaluate, "push": push,
+                   "benchmark": benchmark}  # fmt: skip
 # Subcommands that parse their own arguments with transformers.HfArgumentParser (run_argv).
 PASSTHROUGH_COMMANDS = {"train": train, "finetune": finetune}
 
@@ -256,10 +31,6 @@ PASSTHROUGH_COMMANDS = {"train": train, "finetune": finetune}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segface", description="SegFace face parsing.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_convert_parser(subparsers)
-    _add_predict_parser(subparsers)
-    _add_download_parser(subparsers)
-    _add_export_onnx_parser(subparsers)
     for name, module in MODULE_COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__.split("\n\n")[0],
                                     epilog=module.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

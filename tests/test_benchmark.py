@@ -291,3 +291,15 @@ def test_executorch_programs_are_timed_beside_the_model(tmp_path):
         assert row.device == "cpu" and row.median_s > 0 and row.peak_memory_mib is not None
     with pytest.raises(ValueError, match=r"unknown ExecuTorch precision\(s\) \['fp16'\]"):
         BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], executorch=["fp16"]).validate()
+
+
+def test_suites_run_as_segface_benchmark_subcommands(tmp_path, capsys):
+    from segface_hf.cli import main
+
+    # The video suite with nothing to measure still parses its own options and reports the load average.
+    assert main(["benchmark", "video", "--skip-throughput", "--memory-frames"]) == 0
+    assert "load average before" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # its own parser, under its segface name
+        main(["benchmark", "bulk", "--no-such-option"])
+    assert stop.value.code == 2
+    assert "segface benchmark bulk: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err

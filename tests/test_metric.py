@@ -135,3 +135,7 @@ def test_evaluate_module_loads_offline_by_path_and_agrees(monkeypatch):
     metric.add_batch(predictions=[[[0, 0], [0, 0]]], references=[[[1, 1], [1, 0]]])
     results = metric.compute(num_labels=2)
     assert results["f1"]["class_1"] == pytest.approx(2 * 1 / (4 + 1))
+    # The module cites the paper with its own copy of the BibTeX (it runs without the package): the package's one.
+    from segface_hf.references import SEGFACE_CITATION
+
+    assert metric.citation.strip() == SEGFACE_CITATION

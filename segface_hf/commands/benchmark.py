@@ -5,9 +5,13 @@ and onnxruntime, every implementation interleaved in one process.
         --original-code /path/to/SegFace --onnx --image-processor --json bench.json --markdown bench.md
     segface benchmark --variants swinb_celeba_512 --device cuda --dtypes float32 bfloat16 float16
     segface benchmark --model ./segface-mobilenet --resolutions 512 --compile
+    segface benchmark video --frames 30 --repeats 2 --memory-frames        # parse_video vs photo by photo
+    segface benchmark bulk --processes 1 2                                 # segface predict in 1 and 2 processes
+    segface benchmark training-memory --help                               # gradient checkpointing's peak memory
 
-The harness lives in `benchmarks/harness.py` of a source checkout, outside the installed package (it imports the
-original SegFace code from the folder given with --original-code); see that file for what is measured and how.
+The benchmarks live in `benchmarks/` of a source checkout, outside the installed package: `harness.py` for the
+model timings (it imports the original SegFace code from the folder given with --original-code), and one module per
+suite named above (`segface benchmark SUITE --help` lists its options); see those files for what is measured and how.
 """
 
 from __future__ import annotations
@@ -17,28 +21,54 @@ import importlib.util
 import sys
 from pathlib import Path
 
-HELP = "time the model (and the original code, onnxruntime) side by side; needs a source checkout"
-HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "harness.py"
+HELP = "time the model (and the original code, onnxruntime) side by side, or a suite (video, bulk, training-memory)"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# `segface benchmark SUITE ...`: the module of benchmarks/ that measures it (each has main(argv, prog)).
+SUITES = {"video": "video", "bulk": "bulk_parsing", "training-memory": "training_memory"}
+
+
+def load_benchmark(name: str = "harness"):
+    """The module `benchmarks.<name>` of the source checkout this package is installed from."""
+    module_name = f"benchmarks.{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = BENCHMARKS / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"segface benchmark runs from a source checkout of segface-hf: {path} is missing "
+                                "(install the package with `pip install -e .` from the repository).")  # fmt: skip
+    try:
+        module = importlib.import_module(module_name)  # the checkout is on sys.path (its root is the working directory)
+    except ImportError:
+        module = None
+    if module is None or Path(module.__file__).resolve() != path.resolve():  # not on sys.path, or another package's
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def load_harness():
-    """The `benchmarks.harness` module of the source checkout this package is installed from."""
-    if "benchmarks.harness" in sys.modules:
-        return sys.modules["benchmarks.harness"]
-    if not HARNESS.is_file():
-        raise FileNotFoundError(f"segface benchmark runs from a source checkout of segface-hf: {HARNESS} is missing "
-                                "(install the package with `pip install -e .` from the repository).")  # fmt: skip
-    try:
-        import benchmarks.harness as harness  # the checkout is on sys.path (its root is the working directory)
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("benchmarks.harness", HARNESS)
-        harness = importlib.util.module_from_spec(spec)
-        sys.modules["benchmarks.harness"] = harness
-        spec.loader.exec_module(harness)
-    return harness
+    """The `benchmarks.harness` module of the source checkout."""
+    return load_benchmark("harness")
+
+
+class SegFaceBenchmarkSuite:
+    """`segface benchmark SUITE ...`: hands the suite's arguments to its module's own parser."""
+
+    def __init__(self, module_name: str):
+        self.module_name = module_name
+
+    def run_argv(self, argv: list[str], prog: str) -> int:
+        suite, *arguments = argv
+        return load_benchmark(self.module_name).main(arguments, prog=f"{prog} {suite}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", help="instead of the model timings, run a suite: "
+                                   + ", ".join(SUITES))  # fmt: skip
+    for suite, module_name in SUITES.items():
+        suites.add_parser(suite, add_help=False).set_defaults(passthrough=SegFaceBenchmarkSuite(module_name))
     parser.add_argument("--variants", nargs="*", default=[], help="official variants, built with random weights")
     parser.add_argument("--model", dest="model_paths", action="append", default=[],
                         help="a saved model folder (repeatable)")  # fmt: skip

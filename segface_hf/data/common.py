@@ -180,7 +180,7 @@ class BuildPlan:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-class SampleError(SegFaceError):
+class SampleError(SegFaceError, ValueError):
     """A file of one sample cannot be used; carries the report kind."""
 
     def __init__(self, kind: str, detail: str, path: Path | str | None = None):

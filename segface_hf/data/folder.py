@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Features, Image, List, Value
 
-from .labels import LabelSpec, read_label_spec
+from .labels import read_label_spec
 from .common import (
     BAD_LANDMARKS,
     DUPLICATE_ID,

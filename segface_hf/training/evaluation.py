@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..file_utils import atomic_write_text
 from ..image_processing_segface import SegFaceImageProcessor, resized_argmax
-from ..metrics import batch_confusion_matrices, scores_from_confusion
+from ..metrics import batch_confusion_matrices, confusion_matrix, scores_from_confusion
 from ..metrics.results import EvaluationResult
 
 PROTOCOLS = ("model", "native")
@@ -190,8 +190,7 @@ def constant_prediction_scores(
         if at == "model" and label.size != (image_size, image_size):
             label = label.resize((image_size, image_size), resample=0)  # nearest
         mapped = label_mapping(np.asarray(label), row.get("id", index))
-        valid = mapped != label_mapping.ignore_index
-        total[:, class_index] += np.bincount(mapped[valid].ravel(), minlength=num_labels)[:num_labels]
+        total += confusion_matrix(np.full_like(mapped, class_index), mapped, num_labels, label_mapping.ignore_index)
         images += 1
     scores = scores_from_confusion(
         total, label_names=label_mapping.names, background_index=background_index, merged_entries=merged_entries
@@ -316,7 +315,7 @@ def evaluate_pretrained(
     `"none"`. With `exported` (a file `segface export` wrote from this model), the file is scored in its own runtime
     instead, and its argmax agreement with the PyTorch model is added to the scores."""
     from ..modeling_segface import SegFaceForSemanticSegmentation
-    from .sources import load_dataset_splits, resolve_label_spec
+    from .sources import load_dataset_splits, resolve_column, resolve_label_spec
 
     splits = load_dataset_splits(dataset, dataset_config)
     if split not in splits:
@@ -328,8 +327,8 @@ def evaluate_pretrained(
     except OSError:
         processor = None
     columns = splits[split].column_names
-    landmarks = _auto_column(landmarks_column, "landmarks_5" if model.config.use_face_warp else None, columns)
-    crop_box = _auto_column(crop_box_column, "crop_box", columns)
+    landmarks = resolve_column(landmarks_column, "landmarks_5" if model.config.use_face_warp else None, columns)
+    crop_box = resolve_column(crop_box_column, "crop_box", columns)
     mapping = model_label_mapping(
         {int(k): v for k, v in model.config.id2label.items()}, spec, model.config.loss_ignore_index
     )
@@ -354,16 +353,6 @@ def evaluate_pretrained(
         settings["exported"] = str(exported)
     return EvaluationResult(scores=scores, protocol=at, dataset=dataset, split=split, model=name,
                             seconds=time.time() - start, settings=settings)  # fmt: skip
-
-
-def _auto_column(value: str | None, default: str | None, columns) -> str | None:
-    if value in (None, "none"):
-        return None
-    if value == "auto":
-        return default if default in columns else None
-    if value not in columns:
-        raise ValueError(f"the split has no column {value!r}; its columns are {columns}.")
-    return value
 
 
 __all__ = [

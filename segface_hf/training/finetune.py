@@ -207,24 +207,6 @@ class SegFaceFinetuneArguments:
     merged_entries: str | None = field(default=None, metadata={"help": "extra merged F1 entries, e.g. 'helen'"})
 
 
-def _pick_eval_split(value: str, splits) -> str | None:
-    if value == "none":
-        return None
-    if value == "auto":
-        return next((name for name in ("validation", "val", "test") if name in splits), None)
-    if value not in splits:
-        raise ValueError(f"the dataset has no split {value!r}; its splits are {sorted(splits)}.")
-    return value
-
-
-def _column(value: str, default: str | None, columns) -> str | None:
-    if value == "none":
-        return None
-    if value == "auto":
-        return default if default in columns else None
-    return value
-
-
 def build_trainer(args: SegFaceFinetuneArguments, training_args, splits=None):
     """A `Trainer` that fine-tunes `args.model` on `args.dataset` (see the module docstring).
 
@@ -242,7 +224,7 @@ def build_trainer(args: SegFaceFinetuneArguments, training_args, splits=None):
     """
     from transformers import Trainer, TrainerCallback
 
-    from .sources import load_dataset_splits, resolve_label_spec
+    from .sources import load_dataset_splits, pick_eval_split, resolve_column, resolve_label_spec
 
     if args.augmentation not in ("none", "lapa_affine"):
         raise ValueError(f"augmentation must be 'none' or 'lapa_affine', got {args.augmentation!r}.")
@@ -272,16 +254,16 @@ def build_trainer(args: SegFaceFinetuneArguments, training_args, splits=None):
         )
 
     columns = splits[args.train_split].column_names
-    landmarks = _column(args.landmarks_column, "landmarks_5" if model.config.use_face_warp else None, columns)
+    landmarks = resolve_column(args.landmarks_column, "landmarks_5" if model.config.use_face_warp else None, columns)
     if model.config.use_face_warp and landmarks is None:
         raise ValueError(f"{args.model} aligns faces from 5 landmarks (a LaPa model); the dataset needs a landmarks "
                          f"column (columns: {columns}).")  # fmt: skip
     common = {"processor": processor, "label_mapping": mapping, "image_column": args.image_column,
               "label_column": args.label_column, "landmarks_column": landmarks,
-              "crop_box_column": _column(args.crop_box_column, "crop_box", columns), "seed": training_args.seed}  # fmt: skip
+              "crop_box_column": resolve_column(args.crop_box_column, "crop_box", columns), "seed": training_args.seed}  # fmt: skip
     augmentation = SegFaceRandomAffine() if args.augmentation == "lapa_affine" else None
     train_data = SegFaceSegmentationDataset(splits[args.train_split], augmentation=augmentation, **common)
-    eval_split = _pick_eval_split(args.eval_split, splits)
+    eval_split = pick_eval_split(args.eval_split, splits)
     eval_data = SegFaceSegmentationDataset(splits[eval_split], **common) if eval_split else None
 
     class _EpochCallback(TrainerCallback):

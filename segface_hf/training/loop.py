@@ -41,7 +41,7 @@ from .data import (
 )
 from .initialization import initialize_decoder_like_original
 from .recipe import SegFaceTrainingRecipe
-from .sources import load_dataset_splits, resolve_label_spec
+from .sources import load_dataset_splits, pick_eval_split, resolve_column, resolve_label_spec
 
 logger = get_logger(__name__)
 
@@ -116,38 +116,22 @@ def build_model(recipe: SegFaceTrainingRecipe, id2label: dict[int, str] | None) 
     return SegFaceForSemanticSegmentation(config)
 
 
-def _resolve_column(value: str, default: str | None, columns: list[str]) -> str | None:
-    if value == "none":
-        return None
-    if value == "auto":
-        return default if default in columns else None
-    return value
-
-
 def build_datasets(recipe: SegFaceTrainingRecipe, splits, config, label_mapping: SegFaceLabelMapping):
     """The training and validation datasets (the latter `None` when there is none)."""
     if recipe.train_split not in splits:
         raise ValueError(f"the dataset has no split {recipe.train_split!r}; its splits are {sorted(splits)}.")
-    eval_split = recipe.eval_split
-    if eval_split == "auto":
-        eval_split = next((name for name in ("validation", "val", "test") if name in splits), None)
-        if eval_split == "test":
-            logger.warning(
-                "The dataset has no validation split: validating on 'test' (as the original does for Helen)."
-            )
-    elif eval_split == "none":
-        eval_split = None
-    elif eval_split not in splits:
-        raise ValueError(f"the dataset has no split {eval_split!r}; its splits are {sorted(splits)}.")
+    eval_split = pick_eval_split(recipe.eval_split, splits)
+    if recipe.eval_split == "auto" and eval_split == "test":
+        logger.warning("The dataset has no validation split: validating on 'test' (as the original does for Helen).")
     columns = splits[recipe.train_split].column_names
     landmarks_default = "landmarks_5" if config.use_face_warp else None
-    landmarks = _resolve_column(recipe.landmarks_column, landmarks_default, columns)
+    landmarks = resolve_column(recipe.landmarks_column, landmarks_default, columns)
     if config.use_face_warp and landmarks is None:
         raise ValueError(
             "this model aligns faces from 5 landmarks (a LaPa variant) and needs a landmarks column; the dataset has "
             f"columns {columns}; pass --landmarks-column."
         )
-    crop_box = _resolve_column(recipe.crop_box_column, "crop_box", columns)
+    crop_box = resolve_column(recipe.crop_box_column, "crop_box", columns)
     augmentation_name = recipe.augmentation
     if augmentation_name == "auto":
         augmentation_name = "lapa_affine" if recipe.model_config is None and recipe.dataset_kind == "lapa" else "none"

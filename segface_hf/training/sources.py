@@ -54,4 +54,28 @@ def load_dataset_splits(dataset: str, config_name: str | None = None):
     return loaded
 
 
-__all__ = ["load_dataset_splits", "resolve_label_spec"]
+def pick_eval_split(value: str, splits) -> str | None:
+    """The split to validate on: `"auto"` takes the first of validation, val and test the dataset has (or none),
+    `"none"` none, any other value that split, which must exist."""
+    if value == "none":
+        return None
+    if value == "auto":
+        return next((name for name in ("validation", "val", "test") if name in splits), None)
+    if value not in splits:
+        raise ValueError(f"the dataset has no split {value!r}; its splits are {sorted(splits)}.")
+    return value
+
+
+def resolve_column(value: str | None, default: str | None, columns) -> str | None:
+    """An optional column (landmarks, crop box): `"auto"` takes `default` if the dataset has it, `"none"` (or `None`)
+    none, any other value that column, which must exist."""
+    if value in (None, "none"):
+        return None
+    if value == "auto":
+        return default if default in columns else None
+    if value not in columns:
+        raise ValueError(f"the split has no column {value!r}; its columns are {list(columns)}.")
+    return value
+
+
+__all__ = ["load_dataset_splits", "pick_eval_split", "resolve_column", "resolve_label_spec"]
