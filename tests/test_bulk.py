@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -111,9 +112,30 @@ def test_processes_that_accelerate_does_not_join_are_refused(monkeypatch):
     from segface_hf.inference.bulk import SegFaceLaunchError, current_processes
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False: SimpleNamespace(num_processes=1))
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu=False, **kwargs: SimpleNamespace(num_processes=1))
     with pytest.raises(SegFaceLaunchError, match="would parse every input in each"):
         current_processes()
+
+
+def test_processes_wait_for_the_slowest_share_for_hours(monkeypatch):
+    import accelerate
+    from torch.distributed import constants
+
+    from segface_hf.inference.bulk import current_processes
+
+    joined = {}
+
+    def partial_state(cpu=False, **kwargs):
+        joined.update(kwargs)
+        return SimpleNamespace(num_processes=2, process_index=1, local_process_index=1)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", partial_state)
+    processes = current_processes()
+    assert (processes.rank, processes.world_size) == (1, 2)
+    # torch's defaults (10 minutes with NCCL, 30 with gloo) would end a run whose shares take unevenly long
+    assert joined["timeout"] >= timedelta(hours=12)
+    assert joined["timeout"] > max(constants.default_pg_timeout, constants.default_pg_nccl_timeout)
 
 
 def test_resume_skips_finished_inputs_and_merges_the_summary(tiny_model, images, tmp_path, capsys):
@@ -169,6 +191,7 @@ def test_two_processes_give_the_outputs_of_one(tiny_model, images, reference, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert counts(done.stdout) == (NUM_IMAGES, 0, 0)  # the main process reports the count of both
     assert "parsing" in done.stderr and done.stderr.count("parsing:   0%") == 1  # one bar, on the main process
+    assert f"| {NUM_IMAGES}/{NUM_IMAGES} [" in done.stderr  # counting the inputs of both processes
     reference_dir, expected = reference
     two = label_maps(out)
     assert sorted(two) == sorted(expected)
@@ -271,6 +294,56 @@ def test_dataset_round_trip(tiny_model, images_as_dataset, reference, tmp_path, 
     no_leftovers(out)
 
 
+def test_the_bar_counts_each_row_before_its_shard_is_written(tiny_model, images, tmp_path, monkeypatch, capsys):
+    """The rows of a parquet shard are recorded (for resuming) only once it is written, every 5 rows here; the bar
+    does not wait for that."""
+    from segface_hf.inference import predict as predict_module
+
+    out = tmp_path / "parses"
+    seen = []  # the bar's count after each update, with the rows then on disk
+
+    class RecordingBar(predict_module.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append((self.n, 5 * len(list((out / "data").glob("*.parquet")))))
+
+    monkeypatch.setattr(predict_module, "tqdm", RecordingBar)
+    code = main(["predict", str(images / "part0"), "--model", str(tiny_model), "--output-dir", str(out), "--no-detect",
+                 "--output-format", "dataset", "--shard-rows", "5"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert [count for count, _ in seen] == list(range(1, 13))  # one by one, to the 12 inputs
+    assert sum(count > rows_on_disk for count, rows_on_disk in seen) >= 6  # ahead of the shards
+    assert len(list((out / "data").glob("*.parquet"))) == 3
+
+
+def test_dataset_rows_keep_the_ids_as_given(tiny_model, images, reference, tmp_path, capsys):
+    """Ids that are not safe file names (a space; three that make the same name) are stored unchanged."""
+    import datasets
+    from datasets import load_dataset
+
+    _, expected = reference
+    photos = {"a b": "part0/img00", "a?b": "part1/img01", "a_b": "part0/img02"}  # all three would be named a_b...
+    source = tmp_path / "ids.parquet"
+    paths = [str(images / f"{name}.png") for name in photos.values()]
+    dataset = datasets.Dataset.from_dict({"image_id": list(photos), "image": paths})
+    dataset.cast_column("image", datasets.Image()).to_parquet(str(source))
+    out = tmp_path / "parses"
+    common = ["--dataset", source, "--model", tiny_model, "--output-dir", out, "--no-detect", "--output-format",
+              "dataset"]  # fmt: skip
+    code, stdout, stderr = run(capsys, *common)
+    assert code == 0 and counts(stdout) == (3, 0, 0), stderr
+    code, stdout, _ = run(capsys, *common)
+    assert counts(stdout) == (0, 0, 3)  # resumed by the same ids
+    code, stdout, _ = run(capsys, *common, "--overwrite")  # the new rows replace the old ones of the same ids
+    assert counts(stdout) == (3, 0, 0)
+    parses = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(parses["image_id"]) == sorted(photos)
+    for row in parses:
+        assert np.array_equal(np.asarray(row["labels"]), expected[photos[row["image_id"]] + ".png"]), row["image_id"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [record["input"] for record in summary["inputs"]] == list(photos)
+
+
 def test_a_streamed_saved_dataset_gives_the_file_outputs(tiny_model, images_as_dataset, reference, tmp_path, capsys):
     _, expected = reference
     out = tmp_path / "streamed"
@@ -318,28 +391,56 @@ def test_push_to_hub_uploads_a_private_dataset(tiny_model, images, hub_standin, 
     assert sorted(from_hub["image_id"]) == sorted(p.stem for p in (images / "part0").iterdir())
 
 
-def test_dataloader_workers_decode_and_detect_like_the_process(tiny_model, tmp_path, capsys):
-    results = {}
-    for workers in (0, 2):
-        out = tmp_path / f"workers{workers}"
-        code, stdout, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir", out,
-                                   "--num-workers", workers, "--batch-size", "3")  # fmt: skip
-        assert code == 0 and counts(stdout) == (3, 0, 0), stderr
-        summary = json.loads((out / "summary.json").read_text())
-        results[workers] = (label_maps(out), [(r["input"], r["faces"]) for r in summary["inputs"]])
-    (maps0, faces0), (maps2, faces2) = results[0], results[2]
-    assert faces0 == faces2 and all(len(faces) == 1 for _, faces in faces0)  # same order, same detections
+def maps_and_faces(output_dir: Path) -> tuple[dict[str, np.ndarray], list[tuple[str, list]]]:
+    """The label maps, and every input's detected faces in the summary's order."""
+    summary = json.loads((output_dir / "summary.json").read_text())
+    return label_maps(output_dir), [(r["input"], r["faces"]) for r in summary["inputs"]]
+
+
+@pytest.fixture(scope="module")
+def detected(tiny_model, tmp_path_factory):
+    """The shared photos (one face each) parsed with face detection in one process, without workers."""
+    out = tmp_path_factory.mktemp("detected")
+    assert main(["predict", str(require_shared("images")), "--model", str(tiny_model), "--output-dir", str(out),
+                 "--batch-size", "3", "--quiet"]) == 0  # fmt: skip
+    maps, faces = maps_and_faces(out)
+    assert len(maps) == 3 and all(len(found) == 1 for _, found in faces)
+    return maps, faces
+
+
+def test_dataloader_workers_decode_and_detect_like_the_process(tiny_model, detected, tmp_path, capsys):
+    out = tmp_path / "workers2"
+    code, stdout, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir", out,
+                               "--num-workers", "2", "--batch-size", "3")  # fmt: skip
+    assert code == 0 and counts(stdout) == (3, 0, 0), stderr
+    (maps0, faces0), (maps2, faces2) = detected, maps_and_faces(out)
+    assert faces0 == faces2  # same order, same detections
     assert sorted(maps0) == sorted(maps2) and all(np.array_equal(maps0[name], maps2[name]) for name in maps0)
 
 
-def test_two_processes_write_one_dataset(tiny_model, images_as_dataset, reference, tmp_path):
+def test_two_processes_with_workers_detect_and_parse_like_one(tiny_model, detected, tmp_path):
+    out = tmp_path / "two-detecting"
+    done = _launch(require_shared("images"), "--model", tiny_model, "--output-dir", out, "--num-workers", "1",
+                   "--batch-size", "3")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert counts(done.stdout) == (3, 0, 0) and "| 3/3 [" in done.stderr
+    (maps1, faces1), (maps2, faces2) = detected, maps_and_faces(out)
+    assert faces1 == faces2  # same order, same detections
+    assert sorted(maps1) == sorted(maps2) and all(np.array_equal(maps1[name], maps2[name]) for name in maps1)
+    no_leftovers(out)
+
+
+def test_two_processes_write_one_dataset_from_a_stream(tiny_model, images_as_dataset, reference, tmp_path):
+    """Each process reads its share of the streamed rows (split by `datasets`) and writes its own shards."""
     from datasets import load_dataset
 
     out = tmp_path / "two-dataset"
-    done = _launch("--dataset", images_as_dataset / "photos.parquet", "--image-column", "photo", "--model", tiny_model,
-                   "--output-dir", out, "--no-detect", "--output-format", "dataset", "--shard-rows", "5")  # fmt: skip
+    common = ["--dataset", images_as_dataset / "saved", "--streaming", "--image-column", "photo", "--model",
+              tiny_model, "--output-dir", out, "--no-detect", "--output-format", "dataset", "--shard-rows", "5"]  # fmt: skip
+    done = _launch(*common)
     assert done.returncode == 0, done.stderr[-3000:]
     assert counts(done.stdout) == (NUM_IMAGES, 0, 0)
+    assert f"parsing: {NUM_IMAGES}image [" in done.stderr  # a stream's length is not known: the bar only counts
     shards = sorted(path.name for path in (out / "data").iterdir())
     assert {name.split("-")[1] for name in shards} == {"00000", "00001"}  # each process wrote its own shards
     _, expected = reference
@@ -348,6 +449,8 @@ def test_two_processes_write_one_dataset(tiny_model, images_as_dataset, referenc
     for row in parses:
         assert np.array_equal(np.asarray(row["labels"]), expected[row["image_id"] + ".png"]), row["image_id"]
     no_leftovers(out)
+    done = _launch(*common, "--quiet")  # each process counts what it skips of its share; the main one sums them
+    assert done.returncode == 0 and counts(done.stdout) == (0, 0, NUM_IMAGES), done.stderr[-3000:]
 
 
 def test_a_stream_numbered_by_row_refuses_workers(tiny_model, images_as_dataset, tmp_path, capsys):

@@ -6,9 +6,12 @@ progress bar for all of them.
   later run reads `summary.json` and every shard, and skips the inputs whose record says `ok` and whose outputs are
   all on disk. A line cut short by a kill is ignored, so a killed run loses at most the inputs in flight.
 - **Processes.** Under `accelerate launch` (or `torchrun`), every process reads the same state from disk, waits for
-  the others, then takes every `world_size`-th input still to do, starting at its rank. At the end the main process
-  merges the shards into `summary.json` and removes them.
-- **Progress.** The main process counts the lines that all shards gained and shows that global count.
+  the others, then takes every `world_size`-th input still to do, starting at its rank. At the end the processes
+  wait for each other (up to `PROCESS_GROUP_TIMEOUT`) and the main process merges the shards into `summary.json` and
+  removes them; shards left by a process that gave up waiting are merged by the next run.
+- **Progress.** Each shard line carries how many inputs it adds to the progress: a record counts one, unless the
+  input was counted when it was parsed (a row that the dataset writer holds until its parquet shard is written, and
+  records only then). The main process sums what all shards gained and shows that global count.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from ..errors import SegFaceError
@@ -26,6 +30,11 @@ from ..errors import SegFaceError
 SUMMARY_NAME = "summary.json"
 SHARD_PREFIX = "summary-shard-"
 SHARD_SUFFIX = ".jsonl"
+
+PROCESS_GROUP_TIMEOUT = timedelta(hours=24)
+"""How long a process waits for the others in a barrier; at the end of a run, that is for the slowest share. The
+defaults of `torch.distributed` (10 minutes with NCCL, 30 with gloo) would end a run whose shares take unevenly long
+(one process got the long videos, or the images with many faces) before the shards are merged."""
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -75,7 +84,8 @@ class SegFaceProcesses:
 
 def current_processes() -> SegFaceProcesses:
     """The processes of this launch: read from the environment that `accelerate launch` / `torchrun` set (through
-    accelerate's `PartialState`, which joins the process group: NCCL on GPUs, gloo on CPUs), or a single process."""
+    accelerate's `PartialState`, which joins the process group: NCCL on GPUs, gloo on CPUs, waiting up to
+    `PROCESS_GROUP_TIMEOUT` in each barrier), or a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SegFaceProcesses()
@@ -90,7 +100,8 @@ def current_processes() -> SegFaceProcesses:
         ) from error
 
     # Without a GPU, join the processes over gloo (what ACCELERATE_USE_CPU=1 asks accelerate for).
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available(),
+                         timeout=PROCESS_GROUP_TIMEOUT)  # fmt: skip
     if state.num_processes != world_size:
         raise SegFaceLaunchError(
             f"{world_size} processes were launched but accelerate runs them as {state.num_processes} independent "
@@ -164,15 +175,23 @@ class SegFaceSummaryShard:
         self.path = shard_path(output_dir, rank)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def append(self, record: dict) -> None:
-        line = json.dumps({"seq": time.time_ns(), "record": record}, separators=(",", ":")) + "\n"
+    def _write(self, entry: dict) -> None:
+        line = json.dumps({"seq": time.time_ns(), **entry}, separators=(",", ":")) + "\n"
         os.write(self._fd, line.encode("utf-8"))  # one write of one line: a kill cuts at most this line short
+
+    def append(self, record: dict, counted: bool = False) -> None:
+        """Record a finished input; it counts one in the progress, unless it was `counted` by [`append_progress`]."""
+        self._write({"record": record} if counted else {"record": record, "progress": 1})
         os.fsync(self._fd)
+
+    def append_progress(self) -> None:
+        """Count a parsed input in the progress before its record is appended (read only by
+        [`SegFaceGlobalProgress`]: resuming goes by the records)."""
+        self._write({"progress": 1})
 
     def append_count(self, name: str, value: int) -> None:
         """A count that is not a record (read by [`read_counts`], ignored by [`read_shard`] and the progress)."""
-        line = json.dumps({"seq": time.time_ns(), "count": {name: int(value)}}, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
+        self._write({"count": {name: int(value)}})
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -188,9 +207,17 @@ def remove_shards(output_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------ progress
 
 
+def _progress_of(line: bytes) -> int:
+    """How many inputs one shard line adds to the progress."""
+    try:
+        return int(json.loads(line).get("progress", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
 class SegFaceGlobalProgress:
-    """Counts the lines that every process's shard gained since the run started, and calls `update(n)` with each
-    increase, from a background thread (and on `refresh()`)."""
+    """Sums the progress of the lines that every process's shard gained since the run started, and calls `update(n)`
+    with each increase, from a background thread (and on `refresh()`)."""
 
     def __init__(self, output_dir: Path, update: Callable[[int], None], interval: float = 0.5):
         self.output_dir = output_dir
@@ -208,7 +235,7 @@ class SegFaceGlobalProgress:
 
     def refresh(self) -> None:
         with self._lock:
-            new_lines = 0
+            new_inputs = 0
             for path in shard_paths(self.output_dir):
                 offset = self.offsets.get(path, 0)
                 try:
@@ -218,10 +245,10 @@ class SegFaceGlobalProgress:
                 except FileNotFoundError:
                     continue
                 complete = data.rfind(b"\n") + 1  # count whole lines only
-                new_lines += sum(b'"record":' in line for line in data[:complete].splitlines())
+                new_inputs += sum(_progress_of(line) for line in data[:complete].splitlines())
                 self.offsets[path] = offset + complete
-            if new_lines:
-                self.update(new_lines)
+            if new_inputs:
+                self.update(new_inputs)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -235,6 +262,7 @@ class SegFaceGlobalProgress:
 
 
 __all__ = [
+    "PROCESS_GROUP_TIMEOUT",
     "SegFaceGlobalProgress",
     "SegFaceLaunchError",
     "SegFaceProcesses",

@@ -3,10 +3,10 @@
 - **In**: [`dataset_source`] reads a saved dataset folder (`save_to_disk`), a parquet file, a local data folder
   (image folder or parquet shards) or a Hub id, optionally streamed; each row is one input, named by its id column
   (or its row number).
-- **Out** (`--output-format dataset`): [`SegFaceDatasetWriter`] writes one row per parsed input (the image id, the
-  label map as an `Image` feature, the faces, the class fractions) into parquet shards under `data/`, each written
-  whole and renamed into place before its inputs are recorded, so a killed run never leaves half a shard. A
-  `README.md` with the split layout lets `datasets.load_dataset(output_dir)` open the folder, and
+- **Out** (`--output-format dataset`): [`SegFaceDatasetWriter`] writes one row per parsed input (the image id as
+  the input gave it, the label map as an `Image` feature, the faces, the class fractions) into parquet shards under
+  `data/`, each written whole and renamed into place before its inputs are recorded, so a killed run never leaves
+  half a shard. A `README.md` with the split layout lets `datasets.load_dataset(output_dir)` open the folder, and
   [`push_parses_to_hub`] uploads it (private by default).
 """
 
@@ -169,6 +169,8 @@ class SegFaceDatasetWriter:
         rank (`int`, *optional*, defaults to 0): this process's rank (in the shard names).
     """
 
+    holds_rows = True
+
     def __init__(self, output_dir: Path, config, options, split: str = "train", rank: int = 0):
         self.output_dir, self.config, self.split, self.rank = output_dir, config, split, rank
         self.shard_rows = options.shard_rows
@@ -190,7 +192,7 @@ class SegFaceDatasetWriter:
         save_label_png(result.label_map, buffer, self.config.num_labels)
         areas = record["class_fractions"]
         self.rows.append({
-            "image_id": item.name,
+            "image_id": item.image_id,
             "labels": {"bytes": buffer.getvalue(), "path": None},
             "width": image.width,
             "height": image.height,
@@ -198,7 +200,7 @@ class SegFaceDatasetWriter:
             "faces": [{"box": f["box"], "landmarks": f["landmarks"], "score": f["score"]} for f in record["faces"]],
             "class_fractions": {name: float(areas.get(name, 0.0)) for name in self.features["class_fractions"]},
         })  # fmt: skip
-        record["outputs"] = {"image_id": item.name}
+        record["outputs"] = {"image_id": item.image_id}
         self.records.append(record)
         return self._flush() if len(self.rows) >= self.shard_rows else []
 
@@ -206,7 +208,6 @@ class SegFaceDatasetWriter:
         if not self.rows:
             return []
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         name = f"{self.split}-{self.rank:05d}-{time.time_ns():x}.parquet"
         table = pa.Table.from_pylist([self.features.encode_example(row) for row in self.rows],
@@ -274,7 +275,7 @@ configs:
 
 One row per parsed image:
 
-- `image_id` (string): the input's id (its dataset id column, row number or file name);
+- `image_id` (string): the input's id as given (its dataset id column or row number), or its file name;
 - `labels` (image, PNG, at the input's size): the class index of every pixel;
 - `width`, `height` (int): the input's size; `mode` (string): `faces` (detected and parsed face by face) or
   `whole-image`;

@@ -91,6 +91,11 @@ class SegFaceInput:
     def source(self) -> str:
         return self.key if self.key is not None else str(self.path)
 
+    @property
+    def image_id(self) -> str:
+        """Its id in a dataset of parses: a dataset row's id as given, or a file's (unique) output name."""
+        return self.key if self.key is not None else self.name
+
     def load(self) -> PIL.Image.Image:
         if self.image is None:
             return to_rgb(load_image(self.path))
@@ -381,7 +386,13 @@ class SegFacePredictOptions:
 
 
 class SegFaceFileWriter:
-    """Writes each parsed input's files at once (`--output-format files`)."""
+    """Writes each parsed input's files at once (`--output-format files`).
+
+    A writer's `add` returns the records of the inputs whose outputs are now on disk; one that `holds_rows` returns
+    them later (from a later `add`, or `close`), so [`predict`] counts its inputs in the progress as they are added.
+    """
+
+    holds_rows = False
 
     def __init__(self, output_dir: Path, config, options: SegFacePredictOptions, split: str = "train", rank: int = 0):
         self.output_dir, self.config, self.options = output_dir, config, options
@@ -592,12 +603,18 @@ def predict(
         watch.update = bar.update
         watch.start()
 
-    def commit(finished: list[dict]) -> None:
+    def commit(finished: list[dict], counted: bool = False) -> None:
         for record in finished:
-            shard.append(record)
+            shard.append(record, counted=counted)
             records.append(record)
         if watch is not None:
             watch.refresh()
+
+    def write(item: SegFaceInput, image: PIL.Image.Image, result: SegFaceParsingResult) -> None:
+        finished = writer.add(item, image, result, _record(item, image, result, {}, config))
+        if writer.holds_rows:  # recorded once its shard is written; counted now
+            shard.append_progress()
+        commit(finished, counted=writer.holds_rows)
 
     def fail(item: SegFaceInput, message: str) -> None:
         message = message.replace(f"{item.source}: ", "")
@@ -617,8 +634,7 @@ def predict(
         start = 0
         for item, image, plan in batch:
             try:
-                result = plan.finish(logits[start : start + len(plan.crops)])
-                commit(writer.add(item, image, result, _record(item, image, result, {}, config)))
+                write(item, image, plan.finish(logits[start : start + len(plan.crops)]))
             except (OSError, ValueError, RuntimeError, MemoryError) as error:
                 fail(item, error_summary(error))
             start += len(plan.crops)
@@ -657,14 +673,12 @@ def predict(
             pending = []
         for item in videos:  # each video streams through the model on its own (tracks need its frames in order)
             parse_one_video(item)
-        if pending:
-            finish(pending)
-        commit(writer.close())
+        commit(writer.close(), counted=writer.holds_rows)
         if source.items is None:  # only this process knows how many of its share it skipped
             shard.append_count("skipped", skipped)
     finally:
         shard.close()
-    processes.wait_for_everyone()
+    processes.wait_for_everyone()  # for the slowest share; one that takes too long leaves its shard to the next run
     if not processes.is_main:
         bar.close()
         return SegFacePredictSummary(output_dir=output_dir, records=records, skipped=skipped)
