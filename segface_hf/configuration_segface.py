@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """SegFace model configuration, label sets and the presets of the official SegFace variants."""
 
 from __future__ import annotations

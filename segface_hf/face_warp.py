@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """The LaPa face warp: 5-landmark similarity alignment to a face template and the tanh warp around it.
 
 The LaPa models of the original (as FaRL/facer's LaPa pipeline) align each face from 5 landmarks to a fixed template

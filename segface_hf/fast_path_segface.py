@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """The fast forward path of SegFace: the same function as the modules' `forward`s, in fewer operations.
 
 [`SegFaceForSemanticSegmentation`] runs [`segment`] when `model.fast_path` is set (the default) and the modules'

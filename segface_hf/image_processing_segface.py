@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """Image processor for SegFace: the original's preprocessing (square PIL-bicubic resize, ImageNet normalisation)."""
 
 from __future__ import annotations

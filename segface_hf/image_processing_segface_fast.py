@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """Torchvision backend of the SegFace image processor: the same steps as `SegFaceImageProcessor`, on torch tensors
 (on any device), with torchvision's antialiased resize in place of PIL's."""
 

@@ -1,3 +1,6 @@
+# Copyright 2026 The segface-hf Authors. All rights reserved.
+# SPDX-License-Identifier: MIT
+
 """PyTorch SegFace: face parsing with class tokens in a two-way transformer over multi-scale backbone features."""
 
 from __future__ import annotations

@@ -49,3 +49,29 @@ def test_trainer_gradient_checkpointing_gives_the_same_loss_curve(family, tmp_pa
     assert len(plain) == len(checkpointed) == 4
     assert plain[0] != plain[-1]  # it trains
     torch.testing.assert_close(torch.tensor(checkpointed), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+
+
+def test_training_memory_benchmark_measures_both_settings(capsys, one_thread):
+    """`benchmarks/training_memory.py` on its tiny model, both runs in this process (the fresh processes of a real
+    measurement cost an import each): one table row per setting, the same losses (checkpointing recomputes the same
+    forward pass), a growth within the peak, and usage errors under the given program name."""
+    from benchmarks.training_memory import main
+
+    assert main(["--variant", "tiny", "--in-process", "--steps", "2", "--batch-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("load average before: ") and "load average after: " in out
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| tiny at 64 (")]  # fmt: skip
+    assert [row[1] for row in rows] == ["off", "on"]
+    for _, _, peak, growth, seconds, losses in rows:
+        peak_mib, growth_mib = float(peak.removesuffix(" MiB").replace(",", "")), float(growth.split(" MiB")[0])
+        assert 0 <= growth_mib < peak_mib  # in this process the steps may reuse memory freed by earlier tests
+        assert float(seconds) > 0
+        assert len(losses.split(", ")) == 2
+    assert rows[0][5] == rows[1][5]
+    assert rows[1][3].endswith("%)")  # the change against the run without checkpointing
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--variant", "swinb_faces_512"], prog="segface benchmark training-memory")
+    assert stop.value.code == 2
+    assert "segface benchmark training-memory: error: Unknown SegFace variant" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Truth is the PIL backend, which tests/test_image_processing.py and tests/test_parity.py prove bit-exact with the
 original SegFace preprocessing. Without a resize the two backends must agree bit for bit; with one, within the bound
-measured on the parity fixtures and stated in docs/usage.md.
+measured on the parity fixtures and stated in docs/porting.md.
 """
 
 from __future__ import annotations

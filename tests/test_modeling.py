@@ -315,3 +315,67 @@ def test_a_swin_backbone_refuses_inputs_smaller_than_its_last_window():
         with pytest.raises(ValueError, match="at least 193x193 pixels"):
             model(torch.zeros(1, 3, 192, 256))
         assert model(torch.zeros(1, 3, 193, 193)).logits.shape == (1, config.num_labels, 193, 193)
+
+
+
+def test_decoder_attention_dispatches_through_the_transformers_attention_interface(tmp_path, monkeypatch, one_thread):
+    """An attention function registered with transformers' `AttentionInterface` and picked by name at loading runs
+    every decoder attention: per two-way layer the class tokens' self-attention, token-to-image and image-to-token
+    attention, then the final token-to-image attention (SAM's two-way transformer); on the reference path, the fast
+    path and the fast path's CPU blocks (image-to-token attention once per block of image tokens). It wraps SDPA, so
+    the logits are the SDPA model's. The maps of `output_attentions` come from eager attention, the one
+    implementation that exposes them; the self-attentions, whose maps are not returned, keep the probe."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from segface_hf import fast_path_segface
+    from segface_hf.modeling_segface import SegFaceAttention
+
+    calls = []
+
+    def probe(module, query, key, value, attention_mask, **kwargs):
+        calls.append((module, tuple(query.shape)))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    layers = 3
+    model = build(num_hidden_layers=layers)  # a MobileNet backbone: no attention of its own
+    assert model.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    pixel_values = torch.randn(2, 3, 64, 64)  # 16 x 16 image tokens (stride 4), 5 class tokens
+    AttentionInterface.register("segface_probe", probe)
+    try:
+        probed = SegFaceForSemanticSegmentation.from_pretrained(tmp_path, attn_implementation="segface_probe").eval()
+        assert probed.config._attn_implementation == "segface_probe"
+        transformer = probed.mask_decoder.transformer
+        decoder_attentions = {id(module) for module in probed.modules() if isinstance(module, SegFaceAttention)}
+        assert len(decoder_attentions) == 3 * layers + 1
+        # (fast path, CPU block size, image-to-token calls per layer, their queries (batch, heads, tokens, head_dim)):
+        # 128-token blocks are the two halves of each image's 16 rows
+        paths = [(False, 1024, 1, (2, 2, 256, 8)), (True, 1024, 1, (2, 2, 256, 8)), (True, 128, 4, (1, 2, 128, 8))]
+        for fast, block_tokens, image_calls, image_query in paths:
+            monkeypatch.setattr(fast_path_segface, "CPU_BLOCK_TOKENS", block_tokens)
+            model.fast_path = probed.fast_path = fast
+            calls.clear()
+            with torch.no_grad():
+                expected, logits = model(pixel_values).logits, probed(pixel_values).logits
+            assert {id(module) for module, _ in calls} == decoder_attentions
+            assert len(calls) == layers * (2 + image_calls) + 1
+            for layer in transformer.layers:
+                assert [shape for module, shape in calls if module is layer.self_attn] == [(2, 2, 5, 16)]
+                assert [shape for module, shape in calls if module is layer.cross_attn_token_to_image] == [
+                    (2, 2, 5, 8)
+                ]
+                image_to_token = [shape for module, shape in calls if module is layer.cross_attn_image_to_token]
+                assert image_to_token == [image_query] * image_calls
+            torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+        for fast in (False, True):
+            probed.fast_path = fast
+            calls.clear()
+            with torch.no_grad():
+                maps = probed(pixel_values, output_attentions=True).attentions
+            assert len(maps) == 2 * layers + 1
+            assert [module for module, _ in calls] == [layer.self_attn for layer in transformer.layers]
+    finally:
+        AttentionInterface._global_mapping.pop("segface_probe", None)
+    assert "segface_probe" not in AttentionInterface()

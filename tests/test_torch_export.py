@@ -1,4 +1,5 @@
-"""torch.export (strict and non-strict) and torch.compile(fullgraph=True) with a dynamic batch.
+"""torch.export (strict and non-strict) and torch.compile(fullgraph=True) with a dynamic batch, for every backbone
+family.
 
 Nothing in a traced forward may touch `data_ptr` or Python-side caches keyed on tensor identity: while tracing, the
 fast path keeps only its plain tensor functions (`fast_path_segface.plan_fast_path`). The exported programs must give
@@ -14,8 +15,6 @@ import torch
 from conftest import BACKBONE_FAMILIES, tiny_config
 
 from segface_hf import SegFaceForSemanticSegmentation, fast_path_segface
-
-EXPORT_FAMILIES = ["swin", "convnext", "resnet", "timm-mobilenet"]
 
 
 def _model(family):
@@ -60,7 +59,7 @@ def _logits(output):
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
-@pytest.mark.parametrize("family", EXPORT_FAMILIES)
+@pytest.mark.parametrize("family", BACKBONE_FAMILIES)
 def test_export_with_a_dynamic_batch_equals_eager(family, strict, one_thread):
     torch._dynamo.reset()
     model = _model(family)
