@@ -232,6 +232,8 @@ def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_p
          "no faces found in the 1 images of"),
         (["--format", "executorch-int8", "--output", "{tmp}/m.pte", "--quantization", "dynamic"],
          "executorch-int8 is calibrated (static) only; --quantization dynamic is for onnx-int8"),
+        (["--format", "coreml", "--output", "{tmp}/m.mlmodel"], "must name a .mlpackage file for coreml"),
+        (["--format", "coreml-int8", "--output", "{tmp}/m.mlpackage"], "unsupported export format 'coreml-int8'"),
     ],
 )  # fmt: skip
 def test_cli_reports_bad_input_in_one_line_and_writes_nothing(saved_model, tmp_path, capsys, arguments, message):
@@ -262,10 +264,11 @@ def test_cli_reports_a_wrong_model_folder(tmp_path, capsys):
 
 
 def test_export_module_names_the_formats_it_checks():
-    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8"]
+    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8", "coreml",
+                                    "coreml-fp16"]  # fmt: skip
     assert {f.hub_path for f in EXPORT_FORMATS.values()} == {
         "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx", "executorch/model.pte",
-        "executorch/model_int8.pte"}  # fmt: skip
+        "executorch/model_int8.pte", "coreml/model.mlpackage", "coreml/model_fp16.mlpackage"}  # fmt: skip
 
 
 def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_model, tmp_path):
@@ -275,15 +278,18 @@ def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_
 
     folder = tmp_path / "repo"
     shutil.copytree(saved_model, folder)
-    with pytest.raises(SegFaceExportError, match="unsupported export format 'coreml'"):
-        export_into_repo(folder, ["onnx-fp16", "coreml"])
+    with pytest.raises(SegFaceExportError, match="unsupported export format 'tensorrt'"):
+        export_into_repo(folder, ["onnx-fp16", "tensorrt"])
     assert not (folder / "onnx").exists()  # the bad name is refused before anything is exported
-    (result,) = export_into_repo(folder, ["onnx-fp16"])
+    result, package = export_into_repo(folder, ["onnx-fp16", "coreml"])
     assert result.path == folder / "onnx" / "model_fp16.onnx" and result.path.is_file()
     assert [p.name for p in (folder / "onnx").iterdir()] == ["model_fp16.onnx"]
+    assert package.path == folder / "coreml" / "model.mlpackage" and (package.path / "Manifest.json").is_file()
     config = SegFaceConfig.from_pretrained(folder)
-    card = build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512", exports=[result])
+    card = build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512", exports=[result, package])
     check_model_card(card)
     row = next(line for line in card.splitlines() if line.startswith("| `onnx/model_fp16.onnx` |"))
     assert "| onnx-fp16 |" in row and f"{result.fidelity.argmax_agreement:.4f} (2 faces)" in row
+    row = next(line for line in card.splitlines() if line.startswith("| `coreml/model.mlpackage` |"))
+    assert "| coreml |" in row and "not run: Core ML runs on Apple platforms only" in row
     assert "## Exports" not in build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512")

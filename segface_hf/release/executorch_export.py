@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SegFaceError
+from ..errors import SegFaceError, SegFaceMissingDependencyError
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 # The largest batch a program accepts (its memory plan is sized for the batch it runs, not for this bound).
@@ -41,12 +41,12 @@ class SegFaceExecuTorchError(SegFaceError, RuntimeError):
 
 
 def require_executorch():
-    """The `executorch` package; a one-line `SegFaceExecuTorchError` saying how to install it otherwise."""
+    """The `executorch` package; a one-line `SegFaceMissingDependencyError` saying how to install it otherwise."""
     try:
         import executorch.runtime  # noqa: F401
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except ImportError as error:
-        raise SegFaceExecuTorchError(
+        raise SegFaceMissingDependencyError(
             f"ExecuTorch export needs executorch ({error.name} is missing): pip install 'segface-hf[executorch]'"
         ) from error
     import executorch

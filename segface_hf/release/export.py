@@ -14,10 +14,14 @@ Formats (see `EXPORT_FORMATS`):
   [`~segface_hf.release.executorch_export.export_executorch`] writes it (dynamic batch size up to 64).
 - `executorch-int8`: the same after PT2E quantization with the XNNPACK quantizer (symmetric, per-channel int8
   weights, int8 activations calibrated on the same face crops as `onnx-int8`).
+- `coreml` and `coreml-fp16`: a Core ML ML program (`.mlpackage`, batch size 1) with float32 or float16 compute, as
+  [`~segface_hf.release.coreml_export.export_coreml`] writes it.
 
 Every export is written into a temporary folder next to its target, run in its runtime (onnxruntime or the ExecuTorch
 runtime) on held-out face crops (faces that calibration did not see) and compared with the PyTorch model; it is moved
-into place only if its fidelity meets the format's thresholds, so a failed export leaves nothing behind.
+into place only if its fidelity meets the format's thresholds, so a failed export leaves nothing behind. Core ML
+packages cannot run off Apple platforms: their spec (inputs, outputs, shapes) is checked instead, and the result's
+notes say that they were not run.
 """
 
 from __future__ import annotations
@@ -104,7 +108,14 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
                                       "executorch/model.pte"),  # fmt: skip
     "executorch-int8": SegFaceExportFormat("executorch-int8", ".pte", "executorch", "int8", 0.25, 0.90,
                                            "executorch/model_int8.pte"),  # fmt: skip
+    # Core ML runs on Apple platforms only: these are checked by their spec, not run (see coreml_export).
+    "coreml": SegFaceExportFormat("coreml", ".mlpackage", "coreml", "float32", None, MIN_ARGMAX_AGREEMENT,
+                                  "coreml/model.mlpackage"),  # fmt: skip
+    "coreml-fp16": SegFaceExportFormat("coreml-fp16", ".mlpackage", "coreml", "float16", 0.02, 0.99,
+                                       "coreml/model_fp16.mlpackage"),  # fmt: skip
 }
+# The runtimes this machine cannot run: their exports are checked by what the file declares, not by running it.
+UNRUNNABLE_RUNTIMES = ("coreml",)
 # The int8 formats whose quantization can be `dynamic` (the others are calibrated, `static`, only).
 DYNAMIC_INT8_FORMATS = ("onnx-int8",)
 
@@ -165,7 +176,8 @@ class SegFaceExportResult:
         kind = self.format + (f" ({self.quantization})" if self.quantization else "")
         text = (
             f"Exported SegFace to {self.path} as {kind}, {self.size_bytes / 2**20:.1f} MiB: inputs "
-            f"{', '.join(self.input_names)} at {height}x{width}, dynamic batch size"
+            f"{', '.join(self.input_names)} at {height}x{width}, "
+            + ("batch size 1" if EXPORT_FORMATS[self.format].runtime == "coreml" else "dynamic batch size")
         )
         if self.calibration_faces:
             text += f"; calibrated on {self.calibration_faces} faces"
@@ -173,7 +185,7 @@ class SegFaceExportResult:
             text += f"; {EXPORT_FORMATS[self.format].runtime} against PyTorch on {self.fidelity}"
         if self.latency_ms is not None:
             text += f"; {self.latency_ms:.1f} ms per face"
-        return text
+        return "; ".join([text, *self.notes])
 
 
 # ------------------------------------------------------------------------------------------------ face crops
@@ -439,8 +451,17 @@ def write_executorch(model: nn.Module, target: Path, export: SegFaceExportFormat
     return export_executorch(model, target, image_size, calibration=calibration if export.precision == "int8" else None)
 
 
+def write_coreml(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int]) -> list[str]:
+    """Write `model` as `export` (a Core ML format) at `target`. Returns the program's input names."""
+    from .coreml_export import export_coreml
+
+    return export_coreml(model, target, image_size, precision=export.precision)
+
+
 def runner(path: str | os.PathLike, export: SegFaceExportFormat, threads: int | None = None):
     """`run(feed) -> logits` for a file of `export`'s format, in its runtime."""
+    if export.runtime in UNRUNNABLE_RUNTIMES:
+        raise SegFaceExportError(f"{export.runtime} files cannot be run on this platform.")
     if export.runtime == "executorch":
         from .executorch_export import executorch_runner
 
@@ -466,7 +487,7 @@ def check_output(output_path: str | os.PathLike, export: SegFaceExportFormat, ov
     output = Path(output_path).expanduser()
     if output.suffix != export.suffix:
         raise SegFaceExportError(f"--output must name a {export.suffix} file for {export.name}, got {str(output)!r}.")
-    if output.is_dir():
+    if output.is_dir() and not export.suffix == ".mlpackage":  # a Core ML package is a folder
         raise SegFaceExportError(f"--output {output} is a folder; name the {export.suffix} file to write.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
@@ -534,7 +555,7 @@ def export_model(
     model.eval()
     static_int8 = export.precision == "int8" and quantization == "static"
     if faces is None:
-        needed = verify or static_int8
+        needed = (verify and export.runtime not in UNRUNNABLE_RUNTIMES) or static_int8
         faces = face_inputs(model.config, calibration, image_size, processor, detector) if needed else []
     for face in faces:
         if face["pixel_values"].shape[2:] != image_size:
@@ -550,16 +571,25 @@ def export_model(
         candidate = staging / f"model{export.suffix}"
         if export.runtime == "executorch":
             input_names = write_executorch(model, candidate, export, image_size, calibration_faces)
+        elif export.runtime == "coreml":
+            input_names = write_coreml(model, candidate, export, image_size)
         else:
             input_names = write_onnx(model, candidate, export, image_size, calibration_faces, quantization,
                                      opset_version, verify)  # fmt: skip
         fidelity = latency = None
-        if verify:
+        notes = []
+        if verify and export.runtime == "coreml":
+            from .coreml_export import check_coreml_spec
+
+            notes = check_coreml_spec(candidate, model.config, image_size)
+        elif verify:
             run = runner(candidate, export, threads=threads)
             fidelity = check_export(run, model, held_out, export)
             if not fidelity.passed:
                 raise SegFaceExportError(f"the {export.name} export does not reproduce the PyTorch model: {fidelity}")
             latency = median_latency_ms(run, held_out[0])
+        if output.is_dir():  # an earlier Core ML package, replaced (overwrite was checked above)
+            os.replace(output, staging / "replaced")
         os.replace(candidate, output)
     except SegFaceError:
         raise
@@ -570,14 +600,22 @@ def export_model(
     return SegFaceExportResult(
         path=output,
         format=export.name,
-        size_bytes=output.stat().st_size,
+        size_bytes=file_size(output),
         fidelity=fidelity,
         latency_ms=latency,
         calibration_faces=len(calibration_faces),
         input_names=input_names,
         image_size=image_size,
         quantization=quantization if export.precision == "int8" else None,
+        notes=notes,
     )
+
+
+def file_size(path: Path) -> int:
+    """Bytes of an export: its file, or the files of a package folder (Core ML)."""
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size
 
 
 __all__ = [
@@ -596,11 +634,14 @@ __all__ = [
     "export_format",
     "export_model",
     "face_inputs",
+    "file_size",
     "median_latency_ms",
     "onnx_runner",
     "pytorch_logits",
     "runner",
     "split_held_out",
+    "UNRUNNABLE_RUNTIMES",
+    "write_coreml",
     "write_executorch",
     "write_onnx",
 ]

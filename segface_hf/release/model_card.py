@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 from huggingface_hub import ModelCard
@@ -311,7 +310,8 @@ def exports_section(exports: Sequence | None) -> str:
     rows = []
     for result in exports:
         fidelity = result.fidelity
-        agreement = "not checked" if fidelity is None else (
+        unchecked = result.notes[0] if result.notes else "not checked"
+        agreement = unchecked if fidelity is None else (
             f"{fidelity.argmax_agreement:.4f} ({fidelity.faces} faces), max logit difference "
             f"{fidelity.max_abs_difference:.3g}"
         )  # fmt: skip

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SegFaceError, error_summary
+from ..errors import SegFaceError, SegFaceMissingDependencyError, error_summary
 
 # The agreement an export must reach with PyTorch on the same inputs.
 MAX_ABS_LOGIT_DIFFERENCE = 1e-3
@@ -132,7 +132,7 @@ def require_onnx():
         import onnxruntime
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise SegFaceOnnxError(
+        raise SegFaceMissingDependencyError(
             f"ONNX export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
             "pip install onnx onnxscript onnxruntime"
         ) from error
