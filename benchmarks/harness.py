@@ -36,6 +36,8 @@ from segface_hf.errors import SegFaceError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # `--executorch` precisions and the `segface export` format of each.
 EXECUTORCH_FORMATS = {"float32": "executorch", "int8": "executorch-int8"}
+# `--litert` precisions and the `segface export` format of each.
+LITERT_FORMATS = {"float32": "litert", "int8": "litert-int8"}
 
 # The original's `--model` name for each backbone preset, and the module and class of each original head.
 ORIGINAL_BACKBONE_NAMES = {
@@ -62,6 +64,7 @@ IMPLEMENTATION_REFERENCE = "segface-hf reference path"
 IMPLEMENTATION_ORIGINAL = "original"
 IMPLEMENTATION_ONNX = "onnxruntime"
 IMPLEMENTATION_EXECUTORCH = "executorch"
+IMPLEMENTATION_LITERT = "litert"
 
 
 class SegFaceBenchmarkError(SegFaceError, RuntimeError):
@@ -115,6 +118,10 @@ class BenchmarkSettings:
             Precisions (`float32`, `int8`) to export with `segface export --format executorch / executorch-int8`
             (XNNPACK, int8 calibrated on the bundled photos' faces) and time in the ExecuTorch runtime on the CPU
             (float32 inputs, batch sizes up to its `MAX_BATCH_SIZE`); not checked against PyTorch, as for `onnx_int8`.
+        litert (`list[str]`, *optional*):
+            Precisions (`float32`, `int8`) to export with `segface export --format litert / litert-int8` (int8
+            calibrated on the bundled photos' faces) and time in the LiteRT interpreter on the CPU (a batch face by
+            face); with `peer_code`, the peer is converted and timed the same way.
         image_processor (`bool`, *optional*, defaults to `False`):
             Whether to time the image processor on photos of `processor_input_size`.
         processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
@@ -148,6 +155,7 @@ class BenchmarkSettings:
     onnx: bool = False
     onnx_int8: list[str] = field(default_factory=list)
     executorch: list[str] = field(default_factory=list)
+    litert: list[str] = field(default_factory=list)
     image_processor: bool = False
     processor_input_size: tuple[int, int] = (480, 640)
     detection: bool = False
@@ -189,6 +197,13 @@ class BenchmarkSettings:
             from segface_hf.release.executorch_export import require_executorch
 
             require_executorch()
+        unknown = [p for p in self.litert if p not in LITERT_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown LiteRT precision(s) {unknown}; choose from {sorted(LITERT_FORMATS)}.")
+        if self.litert:
+            from segface_hf.release.litert_export import require_litert
+
+            require_litert()
 
 
 @dataclass
@@ -721,6 +736,22 @@ def _peer_onnx_runner(peer: PeerBiSeNet, model_config, resolution: int, threads:
     return _onnx_session_runner(path, threads)
 
 
+def _peer_litert_runner(peer: PeerBiSeNet, model_config, resolution: int, threads: int | None, folder: str,
+                        int8: bool = False) -> Callable[..., object]:  # fmt: skip
+    """The peer converted by the same function as SegFace's LiteRT exports and, for `int8`, quantized the same way,
+    calibrated on the same face crops."""
+    from segface_hf.release.export import face_inputs, split_held_out
+    from segface_hf.release.litert_export import litert_runner, write_litert_module
+
+    calibration = None
+    if int8:
+        calibration, _ = split_held_out(face_inputs(model_config, None, (resolution, resolution)))
+    path = Path(folder) / f"peer_{resolution}{'_int8' if int8 else ''}.tflite"
+    write_litert_module(peer.eval(), {"pixel_values": torch.zeros(1, 3, resolution, resolution)}, path, calibration)
+    run = litert_runner(path, threads=threads)
+    return lambda pixel_values, landmarks=None: run({"pixel_values": pixel_values.cpu().numpy()})
+
+
 def time_image_processor(
     resolution: int, input_size: tuple[int, int], batch_size: int, warmup: int, repeats: int, seed: int = 0
 ) -> ProcessorResult:
@@ -815,8 +846,9 @@ def time_face_detection(images_dir: str | os.PathLike, warmup: int, repeats: int
 
 
 def _exported_row(name: str) -> bool:
-    """Whether row `name` times an exported file (onnxruntime or ExecuTorch, on the CPU), the peer's included."""
-    return any(runtime in name for runtime in (IMPLEMENTATION_ONNX, IMPLEMENTATION_EXECUTORCH))
+    """Whether row `name` times an exported file (onnxruntime, ExecuTorch or LiteRT, on the CPU), the peer's
+    included."""
+    return any(runtime in name for runtime in (IMPLEMENTATION_ONNX, IMPLEMENTATION_EXECUTORCH, IMPLEMENTATION_LITERT))
 
 
 def _case_results(
@@ -899,7 +931,8 @@ def _measure_model(
             original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
     peer = build_peer(settings.peer_code, settings.seed) if settings.peer_code is not None else None
     exported_runs = {}
-    if (settings.onnx or settings.onnx_int8 or settings.executorch) and "float32" not in settings.dtypes:
+    exporting = settings.onnx or settings.onnx_int8 or settings.executorch or settings.litert
+    if exporting and "float32" not in settings.dtypes:
         report.skipped.append(f"{spec.name}: the exported files run float32 inputs only")
     else:
         if settings.onnx:
@@ -915,12 +948,22 @@ def _measure_model(
             exported_runs[f"{IMPLEMENTATION_EXECUTORCH} {precision}"] = _exported_runner(
                 base, spec.resolution, settings.threads, scratch, EXECUTORCH_FORMATS[precision]
             )
+        for precision in settings.litert:
+            progress(f"{spec.name}@{spec.resolution}: converting to LiteRT ({precision})")
+            exported_runs[f"{IMPLEMENTATION_LITERT} {precision}"] = _exported_runner(
+                base, spec.resolution, settings.threads, scratch, LITERT_FORMATS[precision]
+            )
         if peer is not None:
             for mode in ([None] if settings.onnx else []) + list(settings.onnx_int8):
                 progress(f"{PEER_NAME}@{spec.resolution}: exporting to ONNX" + (f" int8 ({mode})" if mode else ""))
                 name = f"{PEER_NAME} {IMPLEMENTATION_ONNX}" + (f" int8 {mode}" if mode else " float32")
                 exported_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads,
                                                         scratch, int8=mode)  # fmt: skip
+            for precision in settings.litert:
+                progress(f"{PEER_NAME}@{spec.resolution}: converting to LiteRT ({precision})")
+                exported_runs[f"{PEER_NAME} {IMPLEMENTATION_LITERT} {precision}"] = _peer_litert_runner(
+                    peer, base.config, spec.resolution, settings.threads, scratch, int8=precision == "int8"
+                )
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]
         model = build_segface(spec, settings.seed) if len(settings.dtypes) > 1 else base

@@ -216,13 +216,14 @@ def test_the_bisenet_peer_is_built_without_weights_and_timed_beside_the_model(tm
         torch.manual_seed(0)
         SegFaceForSemanticSegmentation(tiny_config("timm-mobilenet")).save_pretrained(tmp_path / "tiny")
         settings = BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], peer_code=str(tmp_path / "peer"),
-                                     onnx=True, onnx_int8=["dynamic"], threads=1, batch_sizes=[1], warmup=0,
-                                     repeats=1)  # fmt: skip
+                                     onnx=True, onnx_int8=["dynamic"], litert=["float32"], threads=1, batch_sizes=[1],
+                                     warmup=0, repeats=1)  # fmt: skip
         settings.validate()
         report = run_benchmarks(settings)
         rows = {r.implementation: r for r in report.results}
-        assert set(rows) == {"segface-hf", "onnxruntime", "onnxruntime int8 dynamic", "BiSeNet-ResNet18 (PyTorch)",
-                             "BiSeNet-ResNet18 onnxruntime float32", "BiSeNet-ResNet18 onnxruntime int8 dynamic"}
+        assert set(rows) == {"segface-hf", "onnxruntime", "onnxruntime int8 dynamic", "litert float32",
+                             "BiSeNet-ResNet18 (PyTorch)", "BiSeNet-ResNet18 onnxruntime float32",
+                             "BiSeNet-ResNet18 onnxruntime int8 dynamic", "BiSeNet-ResNet18 litert float32"}
         assert rows["BiSeNet-ResNet18 (PyTorch)"].peak_memory_mib is not None
         assert rows["BiSeNet-ResNet18 onnxruntime float32"].peak_memory_mib is None
         assert all(r.resolution == 64 and r.device == "cpu" for r in report.results)
@@ -303,3 +304,19 @@ def test_suites_run_as_segface_benchmark_subcommands(tmp_path, capsys):
         main(["benchmark", "bulk", "--no-such-option"])
     assert stop.value.code == 2
     assert "segface benchmark bulk: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_litert_files_are_timed_beside_the_model(tmp_path):
+    """`--litert int8` converts the model with `segface export --format litert-int8` and times the file in the LiteRT
+    interpreter, a batch of three face by face."""
+    torch.manual_seed(0)
+    SegFaceForSemanticSegmentation(tiny_config("resnet")).save_pretrained(tmp_path / "tiny")
+    settings = BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], litert=["int8"], threads=1,
+                                 batch_sizes=[1, 3], warmup=0, repeats=1)  # fmt: skip
+    settings.validate()
+    report = run_benchmarks(settings)
+    rows = {(r.implementation, r.batch_size): r for r in report.results}
+    assert set(rows) == {(name, batch) for name in ("segface-hf", "litert int8") for batch in (1, 3)}
+    assert all(rows["litert int8", batch].median_s > 0 for batch in (1, 3))
+    with pytest.raises(ValueError, match=r"unknown LiteRT precision\(s\) \['fp16'\]"):
+        BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], litert=["fp16"]).validate()

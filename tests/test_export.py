@@ -219,6 +219,9 @@ def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_p
     ("arguments", "message"),
     [
         (["--format", "tflite", "--output", "{tmp}/m.tflite"], "unsupported export format 'tflite'"),
+        (["--format", "litert", "--output", "{tmp}/m.onnx"], "must name a .tflite file for litert"),
+        (["--format", "litert-int8", "--output", "{tmp}/m.tflite", "--quantization", "dynamic"],
+         "litert-int8 is calibrated (static) only; --quantization dynamic is for onnx-int8"),
         (["--format", "onnx-int8", "--output", "{tmp}/m.txt"], "must name a .onnx file for onnx-int8"),
         (["--format", "onnx-int8", "--output", "{tmp}/m.onnx", "--calibration", "{tmp}/blank"],
          "no faces found in the 1 images of"),
@@ -264,11 +267,12 @@ def test_cli_reports_a_wrong_model_folder(tmp_path, capsys):
 
 
 def test_export_module_names_the_formats_it_checks():
-    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8", "coreml",
-                                    "coreml-fp16"]  # fmt: skip
+    assert list(EXPORT_FORMATS) == ["onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8", "litert",
+                                    "litert-int8", "coreml", "coreml-fp16"]  # fmt: skip
     assert {f.hub_path for f in EXPORT_FORMATS.values()} == {
         "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx", "executorch/model.pte",
-        "executorch/model_int8.pte", "coreml/model.mlpackage", "coreml/model_fp16.mlpackage"}  # fmt: skip
+        "executorch/model_int8.pte", "litert/model.tflite", "litert/model_int8.tflite", "coreml/model.mlpackage",
+        "coreml/model_fp16.mlpackage"}  # fmt: skip
 
 
 def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_model, tmp_path):

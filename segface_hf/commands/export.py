@@ -4,18 +4,19 @@
     segface export --model segface-swinb-celeba-512 --format onnx-int8 --quantization dynamic --output swin-int8.onnx
     segface export --model ./my-model --format onnx-fp16 --output onnx/model_fp16.onnx --calibration ./photos
     segface export --model segface-mobilenet-celeba-512 --format executorch-int8 --output executorch/model_int8.pte
+    segface export --model segface-mobilenet-celeba-512 --format litert-int8 --output litert/model_int8.tflite
     segface export --model segface-mobilenet-celeba-512 --format coreml-fp16 --output coreml/model_fp16.mlpackage
 
 Formats: onnx (float32), onnx-fp16, onnx-int8 (static QDQ calibrated on face crops, or --quantization dynamic);
-executorch (float32 .pte, XNNPACK delegate) and executorch-int8 (PT2E, XNNPACK quantizer, calibrated); coreml and
-coreml-fp16 (an ML program .mlpackage, batch size 1; Core ML runs on Apple platforms only, so its spec is checked
-instead of running it). The
-faces of the photos in --calibration (default: the public-domain photos bundled with the Space) are detected and
-framed as the model expects; int8 ranges are calibrated on most of them and every export is run in its runtime on the
-others and compared with PyTorch. The file is moved into place only if it passes the format's thresholds (max |logit
-difference| and argmax agreement; see docs/deploy.md); a failed export leaves nothing on disk. Needs onnx, onnxscript
-and onnxruntime (ONNX formats), executorch (ExecuTorch formats) or coremltools (Core ML) and, for the faces,
-facenet-pytorch.
+executorch (float32 .pte, XNNPACK delegate) and executorch-int8 (PT2E, XNNPACK quantizer, calibrated); litert
+(float32 .tflite) and litert-int8 (PT2E, litert-torch's quantizer, calibrated); coreml and coreml-fp16 (an ML
+program .mlpackage, batch size 1; Core ML runs on Apple platforms only, so its spec is checked instead of running
+it). The faces of the photos in --calibration (default: the public-domain photos bundled with the Space) are
+detected and framed as the model expects; int8 ranges are calibrated on most of them and every export is run in its
+runtime on the others and compared with PyTorch. The file is moved into place only if it passes the format's
+thresholds (max |logit difference| and argmax agreement; see docs/deploy.md); a failed export leaves nothing on
+disk. Needs onnx, onnxscript and onnxruntime (ONNX formats), executorch (ExecuTorch), litert-torch (LiteRT) or
+coremltools (Core ML) and, for the faces, facenet-pytorch.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import argparse
 import json
 import sys
 
-HELP = "export a model (onnx, onnx-fp16, onnx-int8, executorch, executorch-int8, coreml, coreml-fp16) and check it"
+HELP = "export a model (ONNX, ExecuTorch, LiteRT or Core ML; float32, float16 or int8) and check it"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a converted SegFace folder or a Hub model id")
     parser.add_argument("--format", required=True, help="onnx, onnx-fp16, onnx-int8, executorch, executorch-int8, "
-                        "coreml or coreml-fp16")  # fmt: skip
+                        "litert, litert-int8, coreml or coreml-fp16")  # fmt: skip
     parser.add_argument("--output", required=True, help="the file to write (its folder is created if needed)")
     parser.add_argument("--calibration", help="folder of photos with faces (default: the bundled examples)")
     parser.add_argument("--quantization", default="static", help="onnx-int8: static (default) or dynamic")
@@ -71,10 +72,12 @@ def prepare(args: argparse.Namespace, runtime: str = "onnxruntime") -> None:
     from ..inference.loading import check_model_location
     from ..release.coreml_export import require_coremltools
     from ..release.executorch_export import require_executorch
+    from ..release.litert_export import require_litert
     from ..release.onnx_export import require_onnx
 
     check_model_location(args.model)
-    {"executorch": require_executorch, "coreml": require_coremltools}.get(runtime, require_onnx)()
+    requirements = {"executorch": require_executorch, "litert": require_litert, "coreml": require_coremltools}
+    requirements.get(runtime, require_onnx)()
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as transformers_logging

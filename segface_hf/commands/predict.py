@@ -28,8 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-face", action="store_true", help="also write <name>_face<i>.png, one label map per face")
     parser.add_argument("--batch-size", type=int, help="faces per forward pass (default: 1 on the CPU, 8 on a GPU)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
-    parser.add_argument("--exported", metavar="FILE", help="run this export of --model (a .onnx or .pte file from "
-                        "segface export, e.g. int8) in its own runtime on the CPU instead of the PyTorch model")  # fmt: skip
+    parser.add_argument("--exported", metavar="FILE", help="run this export of --model (a .onnx, .pte or .tflite "
+                        "file from segface export, e.g. int8) in its own runtime on the CPU instead of the PyTorch "
+                        "model")  # fmt: skip
     parser.add_argument("--no-detect", action="store_true",
                         help="skip face detection: each image is one already-aligned face crop")  # fmt: skip
     parser.add_argument("--if-no-face", default="error", choices=["error", "whole-image"],

@@ -14,14 +14,17 @@ Formats (see `EXPORT_FORMATS`):
   [`~segface_hf.release.executorch_export.export_executorch`] writes it (dynamic batch size up to 64).
 - `executorch-int8`: the same after PT2E quantization with the XNNPACK quantizer (symmetric, per-channel int8
   weights, int8 activations calibrated on the same face crops as `onnx-int8`).
+- `litert` and `litert-int8`: a LiteRT flatbuffer (`.tflite`, batch size 1), float32 or int8 (PT2E with
+  litert-torch's quantizer on the convolutions and linear layers, calibrated on the same face crops), as
+  [`~segface_hf.release.litert_export.export_litert`] writes it.
 - `coreml` and `coreml-fp16`: a Core ML ML program (`.mlpackage`, batch size 1) with float32 or float16 compute, as
   [`~segface_hf.release.coreml_export.export_coreml`] writes it.
 
-Every export is written into a temporary folder next to its target, run in its runtime (onnxruntime or the ExecuTorch
-runtime) on held-out face crops (faces that calibration did not see) and compared with the PyTorch model; it is moved
-into place only if its fidelity meets the format's thresholds, so a failed export leaves nothing behind. Core ML
-packages cannot run off Apple platforms: their spec (inputs, outputs, shapes) is checked instead, and the result's
-notes say that they were not run.
+Every export is written into a temporary folder next to its target, run in its runtime (onnxruntime, the ExecuTorch
+runtime or the LiteRT interpreter) on held-out face crops (faces that calibration did not see) and compared with the
+PyTorch model; it is moved into place only if its fidelity meets the format's thresholds, so a failed export leaves
+nothing behind. Core ML packages cannot run off Apple platforms: their spec (inputs, outputs, shapes) is checked
+instead, and the result's notes say that they were not run.
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
                                       "executorch/model.pte"),  # fmt: skip
     "executorch-int8": SegFaceExportFormat("executorch-int8", ".pte", "executorch", "int8", 0.25, 0.90,
                                            "executorch/model_int8.pte"),  # fmt: skip
+    "litert": SegFaceExportFormat("litert", ".tflite", "litert", "float32", None, MIN_ARGMAX_AGREEMENT,
+                                  "litert/model.tflite"),  # fmt: skip
+    "litert-int8": SegFaceExportFormat("litert-int8", ".tflite", "litert", "int8", 0.25, 0.90,
+                                       "litert/model_int8.tflite"),  # fmt: skip
     # Core ML runs on Apple platforms only: these are checked by their spec, not run (see coreml_export).
     "coreml": SegFaceExportFormat("coreml", ".mlpackage", "coreml", "float32", None, MIN_ARGMAX_AGREEMENT,
                                   "coreml/model.mlpackage"),  # fmt: skip
@@ -177,7 +184,7 @@ class SegFaceExportResult:
         text = (
             f"Exported SegFace to {self.path} as {kind}, {self.size_bytes / 2**20:.1f} MiB: inputs "
             f"{', '.join(self.input_names)} at {height}x{width}, "
-            + ("batch size 1" if EXPORT_FORMATS[self.format].runtime == "coreml" else "dynamic batch size")
+            + ("batch size 1" if EXPORT_FORMATS[self.format].runtime in ("coreml", "litert") else "dynamic batch size")
         )
         if self.calibration_faces:
             text += f"; calibrated on {self.calibration_faces} faces"
@@ -451,6 +458,15 @@ def write_executorch(model: nn.Module, target: Path, export: SegFaceExportFormat
     return export_executorch(model, target, image_size, calibration=calibration if export.precision == "int8" else None)
 
 
+def write_litert(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int],
+                 calibration: Sequence[dict[str, np.ndarray]]) -> list[str]:  # fmt: skip
+    """Write `model` as `export` (a LiteRT format) at `target`, int8 calibrated on `calibration`. Returns the file's
+    input names."""
+    from .litert_export import export_litert
+
+    return export_litert(model, target, image_size, calibration=calibration if export.precision == "int8" else None)
+
+
 def write_coreml(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int]) -> list[str]:
     """Write `model` as `export` (a Core ML format) at `target`. Returns the program's input names."""
     from .coreml_export import export_coreml
@@ -466,6 +482,10 @@ def runner(path: str | os.PathLike, export: SegFaceExportFormat, threads: int | 
         from .executorch_export import executorch_runner
 
         return executorch_runner(path, threads=threads)
+    if export.runtime == "litert":
+        from .litert_export import litert_runner
+
+        return litert_runner(path, threads=threads)
     return onnx_runner(path, threads=threads)
 
 
@@ -571,6 +591,8 @@ def export_model(
         candidate = staging / f"model{export.suffix}"
         if export.runtime == "executorch":
             input_names = write_executorch(model, candidate, export, image_size, calibration_faces)
+        elif export.runtime == "litert":
+            input_names = write_litert(model, candidate, export, image_size, calibration_faces)
         elif export.runtime == "coreml":
             input_names = write_coreml(model, candidate, export, image_size)
         else:
@@ -642,6 +664,7 @@ __all__ = [
     "split_held_out",
     "UNRUNNABLE_RUNTIMES",
     "write_coreml",
+    "write_litert",
     "write_executorch",
     "write_onnx",
 ]

@@ -1,6 +1,6 @@
 """An exported SegFace file (`segface export`) wrapped to be called like the PyTorch model, so that code written for
 [`SegFaceForSemanticSegmentation`] (evaluation, photo and video parsing) runs the export itself: the logits come from
-the file's own runtime (onnxruntime or ExecuTorch, on the CPU), the config (labels, image size, face warp) from the
+the file's own runtime (onnxruntime, ExecuTorch or LiteRT, on the CPU), the config (labels, image size, face warp) from the
 model folder it was exported from.
 """
 
@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from ..errors import SegFaceError, error_summary
 
 # File endings and the `segface export` format whose runtime runs them (int8 and float16 files run the same way).
-EXPORTED_FORMATS = {".onnx": "onnx", ".pte": "executorch"}
+EXPORTED_FORMATS = {".onnx": "onnx", ".pte": "executorch", ".tflite": "litert"}
 
 
 class SegFaceExportedModelError(SegFaceError, ValueError):
@@ -29,7 +29,7 @@ class SegFaceExportedModel(nn.Module):
 
     Args:
         path (`str` or `os.PathLike`):
-            The exported file (`.onnx` or `.pte`).
+            The exported file (`.onnx`, `.pte` or `.tflite`).
         config ([`SegFaceConfig`]):
             The config of the model it was exported from.
         threads (`int`, *optional*):
