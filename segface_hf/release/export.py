@@ -84,6 +84,7 @@ class SegFaceExportFormat:
         min_argmax_agreement (`float`): smallest allowed fraction of pixels whose class is PyTorch's (ties closer than
             `TIE_TOLERANCE` excused).
         hub_path (`str`): where [`~segface_hf.release.publishing`] puts it in a model repository.
+        dynamic_batch (`bool`): whether the file takes any batch size (otherwise batch size 1).
     """
 
     name: str
@@ -93,6 +94,7 @@ class SegFaceExportFormat:
     max_relative_difference: float | None
     min_argmax_agreement: float
     hub_path: str
+    dynamic_batch: bool = True
 
     def max_difference(self, max_abs_logit: float) -> float:
         if self.max_relative_difference is None:
@@ -112,14 +114,14 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
     "executorch-int8": SegFaceExportFormat("executorch-int8", ".pte", "executorch", "int8", 0.25, 0.90,
                                            "executorch/model_int8.pte"),  # fmt: skip
     "litert": SegFaceExportFormat("litert", ".tflite", "litert", "float32", None, MIN_ARGMAX_AGREEMENT,
-                                  "litert/model.tflite"),  # fmt: skip
+                                  "litert/model.tflite", dynamic_batch=False),  # fmt: skip
     "litert-int8": SegFaceExportFormat("litert-int8", ".tflite", "litert", "int8", 0.25, 0.90,
-                                       "litert/model_int8.tflite"),  # fmt: skip
+                                       "litert/model_int8.tflite", dynamic_batch=False),  # fmt: skip
     # Core ML runs on Apple platforms only: these are checked by their spec, not run (see coreml_export).
     "coreml": SegFaceExportFormat("coreml", ".mlpackage", "coreml", "float32", None, MIN_ARGMAX_AGREEMENT,
-                                  "coreml/model.mlpackage"),  # fmt: skip
+                                  "coreml/model.mlpackage", dynamic_batch=False),  # fmt: skip
     "coreml-fp16": SegFaceExportFormat("coreml-fp16", ".mlpackage", "coreml", "float16", 0.02, 0.99,
-                                       "coreml/model_fp16.mlpackage"),  # fmt: skip
+                                       "coreml/model_fp16.mlpackage", dynamic_batch=False),  # fmt: skip
 }
 # The runtimes this machine cannot run: their exports are checked by what the file declares, not by running it.
 UNRUNNABLE_RUNTIMES = ("coreml",)
@@ -184,7 +186,7 @@ class SegFaceExportResult:
         text = (
             f"Exported SegFace to {self.path} as {kind}, {self.size_bytes / 2**20:.1f} MiB: inputs "
             f"{', '.join(self.input_names)} at {height}x{width}, "
-            + ("batch size 1" if EXPORT_FORMATS[self.format].runtime in ("coreml", "litert") else "dynamic batch size")
+            + ("dynamic batch size" if EXPORT_FORMATS[self.format].dynamic_batch else "batch size 1")
         )
         if self.calibration_faces:
             text += f"; calibrated on {self.calibration_faces} faces"
@@ -507,7 +509,7 @@ def check_output(output_path: str | os.PathLike, export: SegFaceExportFormat, ov
     output = Path(output_path).expanduser()
     if output.suffix != export.suffix:
         raise SegFaceExportError(f"--output must name a {export.suffix} file for {export.name}, got {str(output)!r}.")
-    if output.is_dir() and not export.suffix == ".mlpackage":  # a Core ML package is a folder
+    if output.is_dir() and export.suffix != ".mlpackage":  # a Core ML package is a folder
         raise SegFaceExportError(f"--output {output} is a folder; name the {export.suffix} file to write.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
