@@ -263,6 +263,10 @@ def test_cli_reports_a_wrong_model_folder(tmp_path, capsys):
     code, out, err = run_export_cli(capsys, "--model", not_a_model, "--format", "executorch-int8", "--output",
                                     tmp_path / "m.pte", "--quiet")  # fmt: skip
     assert code == 2 and f"cannot load the model {str(not_a_model)!r}" in one_export_error_line(err)
+    for name, output in (("litert-int8", "m.tflite"), ("coreml-fp16", "m.mlpackage")):
+        code, out, err = run_export_cli(capsys, "--model", not_a_model, "--format", name, "--output",
+                                        tmp_path / output, "--quiet")  # fmt: skip
+        assert code == 2 and f"cannot load the model {str(not_a_model)!r}" in one_export_error_line(err)
     assert [p.name for p in tmp_path.iterdir()] == ["photos"]
 
 
