@@ -241,7 +241,7 @@ def test_an_exported_file_is_scored_in_its_runtime_beside_the_pytorch_model(tmp_
     assert "pixels where the export predicts the PyTorch model's class" in printed
 
     # bad input: one line each
-    for bad, message in ((tmp_path / "model.tflite", "ending in .onnx or .pte"),
+    for bad, message in ((tmp_path / "model.engine", "ending in .onnx or .pte or .tflite"),
                          (tmp_path / "missing.onnx", "does not exist")):  # fmt: skip
         with pytest.raises(SegFaceExportedModelError, match=message):
             SegFaceExportedModel(bad, config)

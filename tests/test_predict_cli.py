@@ -349,7 +349,7 @@ def test_an_exported_file_parses_the_photos_in_its_runtime(tiny_model, tmp_path,
         assert (exported != pytorch).sum() <= 5  # float rounding of nearly tied logits at most
 
     # bad input: one line each, nothing written
-    for extra, message in ((("--exported", tmp_path / "model.tflite"), "ending in .onnx or .pte"),
+    for extra, message in ((("--exported", tmp_path / "model.engine"), "ending in .onnx or .pte or .tflite"),
                            (("--exported", tmp_path / "model.onnx", "--device", "cuda"), "run on the CPU")):  # fmt: skip
         code, _, stderr = run(capsys, require_shared("images"), "--model", tiny_model, "--output-dir",
                               tmp_path / "bad", *extra)  # fmt: skip
