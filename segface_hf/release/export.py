@@ -388,35 +388,109 @@ def constant_nodes(path: str | os.PathLike) -> list[str]:
     return names
 
 
+def fold_weight_products(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Write `source`'s graph to `target` with what it computes from its stored tensors alone replaced by the results,
+    except where a result is larger than the largest tensor it is computed from (onnxruntime folds those in memory
+    when it loads the file).
+
+    The fast path computes some weights on every call (the feature fusion's folded matrices, the transposed
+    convolutions' weights as matrices): folding them stores each weight once, in the form the quantizer sees and
+    quantizes. Growing results are left in: the positional encoding is 16 MB of sines and cosines at 512 pixels,
+    computed from a 2 x 128 matrix and a small grid.
+    """
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in graph.initializer}
+    names = set(constant_nodes(source))
+    constant = [node for node in graph.node if node.name in names and node.domain in ("", "ai.onnx")
+                and not any(attribute.type == onnx.AttributeProto.GRAPH for attribute in node.attribute)]  # fmt: skip
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    types = {info.name: info.type.tensor_type.elem_type for info in inferred}
+    available, typed = set(sizes), []
+    for node in constant:  # nodes whose results have no inferred type are left to onnxruntime, with what follows
+        if all(not name or name in available for name in node.input) and all(types.get(n) for n in node.output if n):
+            typed.append(node)
+            available.update(node.output)
+    constant = typed
+    if not constant:
+        onnx.save(model, str(target))
+        return
+    outputs = [name for node in constant for name in node.output if name]
+    evaluation = helper.make_model(
+        helper.make_graph(constant, "constants", [], [helper.make_tensor_value_info(name, types[name], None)
+                                                      for name in outputs], list(graph.initializer)),
+        opset_imports=model.opset_import,
+    )  # fmt: skip
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # unused initializers of the whole graph are expected here
+    session = onnxruntime.InferenceSession(evaluation.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = dict(zip(outputs, session.run(outputs, {})))
+    folded = set()
+    for node in constant:  # in topological order
+        inputs = [name for name in node.input if name]
+        if not all(name in sizes for name in inputs):
+            continue  # computed from a result left in
+        results = {name: values[name].size for name in node.output if name}
+        if max(results.values()) <= max((sizes[name] for name in inputs), default=0):
+            folded.add(node.name)
+            sizes.update(results)
+    kept = [node for node in graph.node if node.name not in folded]
+    needed = {name for node in kept for name in node.input} | {output.name for output in graph.output}
+    initializers = [tensor for tensor in graph.initializer if tensor.name in needed]
+    initializers += [numpy_helper.from_array(values[name], name)
+                     for node in constant if node.name in folded for name in node.output if name in needed]  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.save(model, str(target))
+
+
+def strip_node_metadata(path: str | os.PathLike) -> None:
+    """Drop the exporter's per-node metadata (module paths and source locations) from an ONNX file in place: about
+    1 MB on SegFace's graphs, which onnxruntime does not read."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
+
+
 def quantize_to_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]], mode: str) -> None:
     """Write `source`'s graph quantized to int8: `static` QDQ with per-channel int8 weights and uint8 activations
     calibrated (min/max) on `calibration` (the output stage, `output_stage_nodes`, in float), or `dynamic` int8
-    weights of the matrix products."""
+    weights of the matrix products. Weight products are folded first ([`fold_weight_products`]); what is left
+    computed from constants stays float and is folded by onnxruntime when it loads the file."""
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    folded = target.with_name(target.stem + ".folded.onnx")
     prepared = target.with_name(target.stem + ".prepared.onnx")
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)  # the quantizer warns for every rank-1 weight it leaves in float
     try:
+        fold_weight_products(source, folded)
+        # Shape inference only: the pre-processing's graph optimizer would fold the positional encoding into a
+        # stored tensor (16 MB of float32 at 512 pixels; 4.2 MB as uint8 in static int8, which made the MobileNetV3
+        # file 12.0 MB instead of 8.9 MB at the same speed).
+        quant_pre_process(str(folded), str(prepared), skip_optimization=True)
+        computed = constant_nodes(prepared)
         if mode == "dynamic":
-            # The pre-processing's graph optimizer would fold what the graph computes from constants alone (the
-            # positional encoding: 16 MB at 512 pixels) into a float tensor stored in the file, making the "int8"
-            # file larger than the float32 one (32.5 against 29.2 MB for MobileNetV3); without it the file keeps
-            # the computation, onnxruntime folds it in memory when it loads the file, and it is 18.9 MB and no
-            # slower (166 against 188 ms).
-            quant_pre_process(str(source), str(prepared), skip_optimization=True)
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=constant_nodes(prepared),
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=computed,
                              reduce_range=REDUCE_RANGE)  # fmt: skip
         else:
-            # Static int8 keeps the optimizer: without it the file is smaller (the folded encoding is stored as
-            # 4.2 MB of uint8) but slower, as measured in docs/benchmarks.md.
-            quant_pre_process(str(source), str(prepared))
 
             class FaceReader(CalibrationDataReader):
                 def __init__(self):
@@ -428,11 +502,14 @@ def quantize_to_int8(source: Path, target: Path, calibration: Sequence[dict[str,
             reader = FaceReader()
             quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=output_stage_nodes(source), reduce_range=REDUCE_RANGE)  # fmt: skip
+                            nodes_to_exclude=output_stage_nodes(source) + computed,
+                            reduce_range=REDUCE_RANGE)  # fmt: skip
+        strip_node_metadata(target)
     finally:
         logger.setLevel(level)
-        if prepared.exists():
-            prepared.unlink()
+        for scratch in (folded, prepared):
+            if scratch.exists():
+                scratch.unlink()
 
 
 def write_onnx(model: nn.Module, target: Path, export: SegFaceExportFormat, image_size: tuple[int, int],
