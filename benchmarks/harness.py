@@ -65,6 +65,7 @@ IMPLEMENTATION_ORIGINAL = "original"
 IMPLEMENTATION_ONNX = "onnxruntime"
 IMPLEMENTATION_EXECUTORCH = "executorch"
 IMPLEMENTATION_LITERT = "litert"
+IMPLEMENTATION_PYTORCH_INT8 = "segface-hf int8 (PT2E x86 inductor, compiled)"
 
 
 class SegFaceBenchmarkError(SegFaceError, RuntimeError):
@@ -122,6 +123,11 @@ class BenchmarkSettings:
             Precisions (`float32`, `int8`) to export with `segface export --format litert / litert-int8` (int8
             calibrated on the bundled photos' faces) and time in the LiteRT interpreter on the CPU (a batch face by
             face); with `peer_code`, the peer is converted and timed the same way.
+        pytorch_int8 (`bool`, *optional*, defaults to `False`):
+            Whether to time int8 in PyTorch: this package's model captured with `torch.export`, quantized with PT2E
+            and torchao's `X86InductorQuantizer` (its default config: int8 weights per channel, uint8 activations
+            calibrated on the bundled photos' faces) and compiled with `torch.compile` (CPU, float32 inputs). It
+            answers whether a quantized PyTorch path would be the fastest int8 on a CPU (docs/deploy.md).
         image_processor (`bool`, *optional*, defaults to `False`):
             Whether to time the image processor on photos of `processor_input_size`.
         processor_input_size (`tuple[int, int]`, *optional*, defaults to `(480, 640)`):
@@ -156,6 +162,7 @@ class BenchmarkSettings:
     onnx_int8: list[str] = field(default_factory=list)
     executorch: list[str] = field(default_factory=list)
     litert: list[str] = field(default_factory=list)
+    pytorch_int8: bool = False
     image_processor: bool = False
     processor_input_size: tuple[int, int] = (480, 640)
     detection: bool = False
@@ -179,6 +186,8 @@ class BenchmarkSettings:
         device = torch.device(self.device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}.")
+        if self.pytorch_int8 and device.type != "cpu":
+            raise ValueError("--pytorch-int8 times the x86 (CPU) int8 kernels; run it with --device cpu.")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SegFaceBenchmarkError(
                 f"device {self.device!r} asked for, but PyTorch sees no CUDA device on this machine "
@@ -699,6 +708,36 @@ def _exported_runner(model: nn.Module, resolution: int, threads: int | None, fol
     return call
 
 
+def pytorch_int8_runner(model: nn.Module, resolution: int) -> Callable[..., torch.Tensor]:
+    """`model` quantized to int8 in PyTorch (PT2E with the x86 inductor quantizer, calibrated on the bundled photos'
+    faces) and compiled; the batch dimension stays dynamic."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError as error:
+        raise SegFaceBenchmarkError(f"--pytorch-int8 needs torchao ({error}): pip install torchao") from error
+    from segface_hf.release.export import face_inputs
+    from segface_hf.release.onnx_export import SegFaceLogitsOnly, example_inputs
+
+    with_landmarks = bool(model.config.use_face_warp)
+    module = SegFaceLogitsOnly(model, with_landmarks).eval()
+    inputs = example_inputs(model.config, 2, (resolution, resolution))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        captured = torch.export.export(module, tuple(inputs.values()), dynamic_shapes=[{0: batch}] * len(inputs),
+                                       strict=False).module()  # fmt: skip
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(captured, quantizer)
+        for face in face_inputs(model.config, None, (resolution, resolution)):
+            prepared(*(torch.from_numpy(face[name]) for name in inputs))
+        compiled = torch.compile(convert_pt2e(prepared))
+
+    def run(pixel_values, landmarks=None):
+        return compiled(pixel_values, landmarks) if with_landmarks else compiled(pixel_values)
+
+    return run
+
+
 def _onnx_session_runner(path: Path, threads: int | None) -> Callable[..., object]:
     from segface_hf.release.onnx_export import load_onnx_session
 
@@ -871,7 +910,8 @@ def _case_results(
                 device="cpu" if _exported_row(name) else settings.device,
                 dtype=dtype_name,
                 batch_size=batch_size,
-                options=_options_label(settings) if name == IMPLEMENTATION_FAST else "eager",
+                options=(_options_label(settings) if name == IMPLEMENTATION_FAST
+                         else "torch.compile" if name == IMPLEMENTATION_PYTORCH_INT8 else "eager"),  # fmt: skip
                 warmup=settings.warmup,
                 repeats=settings.repeats,
                 median_s=timing.median,
@@ -931,7 +971,7 @@ def _measure_model(
             original = build_original(settings.original_code, spec.variant, spec.resolution, settings.seed)
     peer = build_peer(settings.peer_code, settings.seed) if settings.peer_code is not None else None
     exported_runs = {}
-    exporting = settings.onnx or settings.onnx_int8 or settings.executorch or settings.litert
+    exporting = settings.onnx or settings.onnx_int8 or settings.executorch or settings.litert or settings.pytorch_int8
     if exporting and "float32" not in settings.dtypes:
         report.skipped.append(f"{spec.name}: the exported files run float32 inputs only")
     else:
@@ -953,6 +993,9 @@ def _measure_model(
             exported_runs[f"{IMPLEMENTATION_LITERT} {precision}"] = _exported_runner(
                 base, spec.resolution, settings.threads, scratch, LITERT_FORMATS[precision]
             )
+        if settings.pytorch_int8:
+            progress(f"{spec.name}@{spec.resolution}: quantizing to int8 in PyTorch")
+            exported_runs[IMPLEMENTATION_PYTORCH_INT8] = pytorch_int8_runner(base, spec.resolution)
         if peer is not None:
             for mode in ([None] if settings.onnx else []) + list(settings.onnx_int8):
                 progress(f"{PEER_NAME}@{spec.resolution}: exporting to ONNX" + (f" int8 ({mode})" if mode else ""))

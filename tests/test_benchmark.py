@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, scaled_model, tiny_config
 
 from segface_hf import SegFaceForSemanticSegmentation
 from benchmarks.harness import (
@@ -24,6 +24,7 @@ from benchmarks.harness import (
     detection_photos,
     format_markdown,
     peak_memory_mib,
+    pytorch_int8_runner,
     time_interleaved,
 )
 
@@ -320,3 +321,31 @@ def test_litert_files_are_timed_beside_the_model(tmp_path):
     assert all(rows["litert int8", batch].median_s > 0 for batch in (1, 3))
     with pytest.raises(ValueError, match=r"unknown LiteRT precision\(s\) \['fp16'\]"):
         BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], litert=["fp16"]).validate()
+
+
+def test_pytorch_int8_is_timed_beside_the_model_and_reproduces_it(tmp_path):
+    """`--pytorch-int8`: PT2E with the x86 inductor quantizer, compiled, timed at batch sizes other than the captured
+    one; its logits stay within a few percent of the float32 model's (the tiny model's logits are nearly tied, so the
+    distance, not the argmax, is what is held)."""
+    model = scaled_model("resnet", upscale_channels=[16, 8]).eval()
+    model.save_pretrained(tmp_path / "tiny")
+    settings = BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], pytorch_int8=True, threads=1,
+                                 batch_sizes=[2], warmup=0, repeats=1)  # fmt: skip
+    settings.validate()
+    report = run_benchmarks(settings)
+    rows = {r.implementation: r for r in report.results}
+    int8 = "segface-hf int8 (PT2E x86 inductor, compiled)"
+    assert set(rows) == {"segface-hf", int8}
+    assert rows[int8].options == "torch.compile" and rows[int8].median_s > 0
+
+    from segface_hf.release.export import face_inputs
+
+    run = pytorch_int8_runner(model, 64)
+    # The bundled photos' faces, which it was calibrated on: what the int8 ranges are for.
+    pixels = torch.cat([torch.from_numpy(face["pixel_values"]) for face in face_inputs(model.config, None, (64, 64))])
+    with torch.no_grad():
+        expected, got = model(pixels).logits, run(pixels)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+    with pytest.raises(ValueError, match="run it with --device cpu"):
+        BenchmarkSettings(model_paths=[str(tmp_path / "tiny")], pytorch_int8=True, device="cuda").validate()

@@ -257,3 +257,15 @@ def test_an_exported_file_is_scored_in_its_runtime_beside_the_pytorch_model(tmp_
     assert script.main(["--model", str(tmp_path / "model"), "--dataset", str(folder), "--exported",
                         str(tmp_path / "model.onnx"), "--model-card"]) == 2  # fmt: skip
     assert "leave out --model-card" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("suffix", "runtime"), [(".onnx", "onnxruntime"), (".pte", "executorch"),
+                                                 (".tflite", "litert")])  # fmt: skip
+def test_a_corrupt_exported_file_is_refused_in_one_line_naming_its_runtime(tmp_path, suffix, runtime):
+    from segface_hf.release.exported_model import SegFaceExportedModel, SegFaceExportedModelError
+
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(b"\x00not an exported model" * 8)
+    with pytest.raises(SegFaceExportedModelError, match=f"cannot be loaded with {runtime}: ") as caught:
+        SegFaceExportedModel(broken, tiny_config())
+    assert "\n" not in str(caught.value) and str(broken) in str(caught.value)

@@ -91,6 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also time ExecuTorch (XNNPACK) exports of these precisions")  # fmt: skip
     parser.add_argument("--litert", nargs="+", default=[], choices=["float32", "int8"],
                         help="also time LiteRT exports of these precisions (and the peer's)")
+    parser.add_argument("--pytorch-int8", action="store_true", help="also time int8 in PyTorch (PT2E with the x86 "
+                        "inductor quantizer, calibrated on the bundled photos' faces, torch.compile)")  # fmt: skip
     parser.add_argument("--image-processor", action="store_true", help="also time the image processor")
     parser.add_argument("--detection", action="store_true", help="also time face detection (MTCNN alone, before the "
                         "rotation search, and SegFaceFaceDetector with rotations never/auto/always) on a one-face "
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, compile=args.compile, channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
         reference_path=args.reference_path, original_code=args.original_code, peer_code=args.peer_code,
         onnx=args.onnx, onnx_int8=args.onnx_int8, executorch=args.executorch, litert=args.litert,
-        image_processor=args.image_processor, detection=args.detection, detection_images=args.detection_images,
+        pytorch_int8=args.pytorch_int8, image_processor=args.image_processor, detection=args.detection, detection_images=args.detection_images,
     )  # fmt: skip
     settings.validate()
     bar = tqdm(desc="timed calls", unit="call", file=sys.stderr)
