@@ -2,11 +2,18 @@
 
 - torchao (which ExecuTorch installs) registers two Enum classes with torch's pytree when transformers imports it,
   and torch 2.14 answers each registration with a deprecation warning on stderr: a note to torchao's developers.
+- litert-torch's native TensorFlow library writes absl's "before InitializeLog" warning and TensorFlow's "oneDNN custom
+  operations are on" notice straight to file descriptor 2 when it is imported; neither `TF_CPP_MIN_LOG_LEVEL` nor an
+  explicit `TF_ENABLE_ONEDNN_OPTS=1` silences them, so [`native_stderr_without`] filters them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 
 TORCHAO_ENUM_NOTICE = "is an Enum subclass and is now natively supported"
 
@@ -17,3 +24,31 @@ def not_torchao_enum_notice(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("torch.utils._pytree").addFilter(not_torchao_enum_notice)
+
+
+LITERT_IMPORT_NOTICES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+)
+
+
+@contextlib.contextmanager
+def native_stderr_without(*notices: str):
+    """Run the block with the process's file descriptor 2 going to a temporary file, then write to stderr the lines
+    that contain none of `notices`: for native libraries that log on import, where Python's logging cannot reach."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not any(notice in line for notice in notices))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()

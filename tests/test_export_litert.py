@@ -153,3 +153,25 @@ def test_a_calibration_folder_without_faces_is_refused(saved_model, tmp_path, ca
                                     tmp_path / "m.tflite", "--calibration", tmp_path / "blank", "--quiet")  # fmt: skip
     assert code == 2 and out == "" and "no faces found in the 1 images of" in one_export_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank"]
+
+
+def test_importing_litert_prints_none_of_its_native_notices():
+    """litert-torch's native library writes two notices to file descriptor 2 on import (third_party_logging.py);
+    `require_litert` filters them, in a fresh process where the import really happens."""
+    import subprocess
+    import sys
+
+    code = "from segface_hf.release.litert_export import require_litert; require_litert()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "oneDNN custom operations" not in done.stderr and "InitializeLog" not in done.stderr, done.stderr
+
+
+def test_native_stderr_filter_keeps_every_other_line(capfd):
+    import os
+
+    from segface_hf.third_party_logging import native_stderr_without
+
+    with native_stderr_without("a notice"):
+        os.write(2, b"first line\nthis is a notice to drop\nlast line\n")
+    assert capfd.readouterr().err == "first line\nlast line\n"

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SegFaceError, SegFaceMissingDependencyError
+from ..third_party_logging import LITERT_IMPORT_NOTICES, native_stderr_without
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 QUANTIZED_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -38,7 +39,7 @@ class SegFaceLiteRTError(SegFaceError, RuntimeError):
 def require_litert():
     """The `litert_torch` converter; a one-line `SegFaceMissingDependencyError` saying how to install it otherwise."""
     try:
-        with _quiet():
+        with _quiet(), native_stderr_without(*LITERT_IMPORT_NOTICES):
             import litert_torch
             from ai_edge_litert.interpreter import Interpreter  # noqa: F401
     except ImportError as error:
