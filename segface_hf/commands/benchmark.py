@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, compile=args.compile, channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
         reference_path=args.reference_path, original_code=args.original_code, peer_code=args.peer_code,
         onnx=args.onnx, onnx_int8=args.onnx_int8, executorch=args.executorch, litert=args.litert,
-        pytorch_int8=args.pytorch_int8, image_processor=args.image_processor, detection=args.detection, detection_images=args.detection_images,
+        pytorch_int8=args.pytorch_int8, image_processor=args.image_processor, detection=args.detection,
+        detection_images=args.detection_images,
     )  # fmt: skip
     settings.validate()
     bar = tqdm(desc="timed calls", unit="call", file=sys.stderr)
