@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import relax_export_gate, save_export_model, scaled_model
+from conftest import relax_export_gate
 from executorch.runtime import Runtime
+from export_runtime_fixtures import faces, model, saved_model, warp_faces, warp_model  # noqa: F401
 
-from segface_hf.release.export import EXPORT_FORMATS, export_model, face_inputs
+from segface_hf.release.export import EXPORT_FORMATS, export_model
 
 # As in test_export.py: the tiny model's random weights leave its logits nearly tied almost everywhere, so int8
 # rounding flips much of its argmax (strict agreement 0.26 measured on the tiny ResNet) while the logits stay close:
@@ -29,34 +30,8 @@ def tiny_model_int8_gate(monkeypatch):
 
 
 # Lowering to XNNPACK takes minutes even for a tiny model, so the module makes two programs only, of the smallest
-# backbone family: the float32 one of a face-warp (LaPa) model, which also shows the warp inside the program, and
-# the int8 one of a plain model.
-FAMILY = "resnet"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return scaled_model(FAMILY, upscale_channels=[16, 8])
-
-
-@pytest.fixture(scope="module")
-def warp_model():
-    return scaled_model(FAMILY, use_face_warp=True, upscale_channels=[16, 8])
-
-
-@pytest.fixture(scope="module")
-def faces(model):
-    return face_inputs(model.config, None, (64, 64))
-
-
-@pytest.fixture(scope="module")
-def warp_faces(warp_model):
-    return face_inputs(warp_model.config, None, (64, 64))
-
-
-@pytest.fixture(scope="module")
-def saved_model(model, tmp_path_factory):
-    return save_export_model(model, tmp_path_factory.mktemp("executorch-model") / "model")
+# backbone family (export_runtime_fixtures.py): the float32 one of a face-warp (LaPa) model, which also shows the warp
+# inside the program, and the int8 one of a plain model.
 
 
 @pytest.fixture(scope="module")

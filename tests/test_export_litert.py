@@ -11,43 +11,19 @@ import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
-from conftest import one_export_error_line, relax_export_gate, run_export_cli, save_export_model, scaled_model
+from conftest import one_export_error_line, relax_export_gate, run_export_cli, save_export_model
+from export_runtime_fixtures import faces, model, saved_model, warp_faces, warp_model  # noqa: F401
 
-from segface_hf.release.export import export_model, face_inputs
+from segface_hf.release.export import export_model
 
 # As in test_export_executorch.py: the tiny model's random weights leave its logits nearly tied almost everywhere, so
 # its int8 argmax says little; what is held is the logits' distance, within this fraction of their scale.
 TINY_MODEL_INT8_AGREEMENT = 0.0
 TINY_MODEL_INT8_RELATIVE_DIFFERENCE = 0.05
 
-# Converting takes a while even for a tiny model, so the module makes two files of the smallest backbone family: the
-# float32 one of a face-warp (LaPa) model, which also shows the warp in the graph, and the int8 one of a plain model.
-FAMILY = "resnet"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return scaled_model(FAMILY, upscale_channels=[16, 8])
-
-
-@pytest.fixture(scope="module")
-def warp_model():
-    return scaled_model(FAMILY, use_face_warp=True, upscale_channels=[16, 8])
-
-
-@pytest.fixture(scope="module")
-def faces(model):
-    return face_inputs(model.config, None, (64, 64))
-
-
-@pytest.fixture(scope="module")
-def warp_faces(warp_model):
-    return face_inputs(warp_model.config, None, (64, 64))
-
-
-@pytest.fixture(scope="module")
-def saved_model(model, tmp_path_factory):
-    return save_export_model(model, tmp_path_factory.mktemp("litert-model") / "model")
+# Converting takes a while even for a tiny model, so the module makes two files of the smallest backbone family
+# (export_runtime_fixtures.py): the float32 one of a face-warp (LaPa) model, which also shows the warp in the graph,
+# and the int8 one of a plain model.
 
 
 @pytest.fixture(scope="module")
