@@ -373,12 +373,14 @@ def output_stage_nodes(path: str | os.PathLike) -> list[str]:
     return []
 
 
-def constant_nodes(path: str | os.PathLike) -> list[str]:
+def constant_nodes(path: str | os.PathLike, graph=None) -> list[str]:
     """Names of the nodes of an ONNX graph whose inputs are all initializers or outputs of such nodes: what the graph
-    computes from constants alone (and onnxruntime folds when it loads the file)."""
+    computes from constants alone (and onnxruntime folds when it loads the file). Pass the file's `graph`
+    (`onnx.GraphProto`) when it is already loaded."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    if graph is None:
+        graph = onnx.load(str(path), load_external_data=False).graph
     known = {initializer.name for initializer in graph.initializer}
     names = []
     for node in graph.node:  # in topological order
@@ -405,7 +407,7 @@ def fold_weight_products(source: str | os.PathLike, target: str | os.PathLike) -
     model = onnx.load(str(source))
     graph = model.graph
     sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in graph.initializer}
-    names = set(constant_nodes(source))
+    names = set(constant_nodes(source, graph))
     constant = [node for node in graph.node if node.name in names and node.domain in ("", "ai.onnx")
                 and not any(attribute.type == onnx.AttributeProto.GRAPH for attribute in node.attribute)]  # fmt: skip
     inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
