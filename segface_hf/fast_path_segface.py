@@ -6,8 +6,10 @@
 [`SegFaceForSemanticSegmentation`] runs [`segment`] when `model.fast_path` is set (the default) and the modules'
 own `forward`s (the original's operations, in its order and layouts) otherwise. What the fast path does:
 
-- Convolutional backbones get channels-last inputs; Swin's window attention (in eval mode) projects the image's own
-  tokens only, without the padding's work, and does its shift, partition and head split as row gathers.
+- Convolutional backbones get channels-last inputs and, in eval mode without autograd, run with their batch norms
+  folded into the convolutions before them (`batch_norm_folding.py`). Swin's window attention (in eval mode)
+  projects the image's own tokens only, without the padding's work, and does its shift, partition and head split
+  as row gathers.
 - The per-scale projections and the fusion convolution are folded into one matrix per scale and applied before
   upsampling.
 - The decoder works on channels-last tokens; each stride-2 transposed convolution is one matrix product per pixel.
@@ -28,12 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch_norm_folding import run_with_folded_batch_norms
+
 # Work on full-resolution maps is split into blocks of about this many stride-4 tokens on the CPU, so that each
 # block's intermediates stay in cache and reuse memory instead of faulting in fresh pages (0 turns blocks off).
 CPU_BLOCK_TOKENS = 1024
 # Convolutional backbones, which the fast path feeds channels-last inputs (oneDNN/cuDNN pick NHWC kernels and the
 # channels-last layer norms of ConvNeXt need no copies); the transformers' patch embedding does not care.
 CHANNELS_LAST_MODEL_TYPES = ("timm_backbone", "convnext", "convnextv2", "resnet")
+# Backbones that may have batch norms after their convolutions (timm's MobileNetV3 and EfficientNetV2, ResNet).
+BATCH_NORM_MODEL_TYPES = ("timm_backbone", "resnet")
 
 # Per-module caches of eager forward passes (never used while tracing): Swin's window index maps, the encoding.
 _SWIN_WINDOW_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -49,12 +55,15 @@ class SegFaceFastPathPlan:
         in_place (`bool`): Write results into preallocated or already used tensors (autograd off, eager).
         swin_windows (`bool`): Run Swin's blocks through [`swin_block`] (eval mode, eager).
         caches (`bool`): Reuse the encoding and Swin's window indices between calls (eager).
+        fold_batch_norms (`bool`): Run the backbone with its batch norms folded into the convolutions before them
+            (eval mode, autograd off, eager).
     """
 
     cpu_blocks: bool
     in_place: bool
     swin_windows: bool
     caches: bool
+    fold_batch_norms: bool
 
 
 def is_tracing() -> bool:
@@ -82,6 +91,7 @@ def plan_fast_path(
         in_place=eager and not torch.is_grad_enabled(),
         swin_windows=eager and not model.training,
         caches=eager,
+        fold_batch_norms=eager and not model.training and not torch.is_grad_enabled(),
     )
 
 
@@ -128,6 +138,8 @@ def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor, plan: Seg
     """The four feature maps of a `SegFaceBackbone`; Swin's blocks through [`swin_block`] when the plan allows it.
     The maps may then be channels-last views rather than contiguous NCHW tensors."""
     if backbone.model_type != "swin" or not plan.swin_windows:
+        if plan.fold_batch_norms and backbone.model_type in BATCH_NORM_MODEL_TYPES:
+            return run_with_folded_batch_norms(backbone, pixel_values)
         return backbone(pixel_values)
     encoder = backbone.model.encoder
     hidden_states, dimensions = backbone.model.embeddings(pixel_values)
@@ -410,6 +422,16 @@ def decode(
     return upscale_and_classify(decoder, image_tokens, mask_weights, height, width, blocks), attentions
 
 
+def head_weights(layer: nn.Linear, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A projection to `heads` heads as `(heads, head_dim, in_features)` weights and `(heads, head_dim)` biases."""
+    return layer.weight.to(dtype).view(heads, -1, layer.in_features), layer.bias.to(dtype).view(heads, -1)
+
+
+# The attention implementations the folded products below reproduce; any other one (a kernel registered with
+# transformers' `AttentionInterface`) is called on projected queries, keys and values, as configured.
+FOLDABLE_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def linear_into(layer: nn.Linear, inputs: torch.Tensor, out: torch.Tensor, in_place: bool) -> None:
     """`out[...] = layer(inputs)`, written in place by the matrix product when `in_place` allows it."""
     if not in_place or not out.is_contiguous() or layer.bias is None:
@@ -422,7 +444,11 @@ def attend_to_image_blockwise(
     attention: nn.Module, query: torch.Tensor, image_tokens: torch.Tensor, image_pe: torch.Tensor, blocks: list,
     in_place: bool,
 ) -> torch.Tensor:  # fmt: skip
-    """`attention(query, image_tokens + image_pe, image_tokens)`, projecting the image tokens block by block."""
+    """`attention(query, image_tokens + image_pe, image_tokens)` for a few query tokens, the image tokens block by
+    block: by [`folded_attention_to_image`] for the built-in attention implementations, else through the configured
+    one on keys and values projected block by block."""
+    if attention.config._attn_implementation in FOLDABLE_ATTENTION_IMPLEMENTATIONS:
+        return folded_attention_to_image(attention, query, image_tokens, image_pe, blocks, in_place)
     batch, tokens, _ = image_tokens.shape
     key = image_tokens.new_empty(batch, tokens, attention.internal_dim)
     value = image_tokens.new_empty(batch, tokens, attention.internal_dim)
@@ -431,6 +457,106 @@ def attend_to_image_blockwise(
         linear_into(attention.k_proj, block + image_pe[:, start:stop], key[first:end, start:stop], in_place)
         linear_into(attention.v_proj, block, value[first:end, start:stop], in_place)
     return attention.attend(attention.q_proj(query), key, value)[0]
+
+
+def folded_attention_to_image(
+    attention: nn.Module, query: torch.Tensor, image_tokens: torch.Tensor, image_pe: torch.Tensor, blocks: list,
+    in_place: bool,
+) -> torch.Tensor:  # fmt: skip
+    """`attention(query, image_tokens + image_pe, image_tokens)` for a few query tokens, without projecting the image
+    tokens.
+
+    A head's score of image token `x` is `q_h . (W_h x + b_h)`, i.e. `(q_h W_h) . x + q_h . b_h`: the key projection
+    folds into the queries, one `(heads * queries, hidden)` matrix whose product with each block of image tokens
+    gives every head's scores at once. Likewise the values: the probabilities sum to 1 over the image tokens, so
+    `sum_x p(x) (V_h x + c_h) = V_h (sum_x p(x) x) + c_h`, and only the attended image tokens are projected.
+    """
+    batch, tokens, hidden = image_tokens.shape
+    heads, dtype = attention.num_attention_heads, torch.promote_types(query.dtype, torch.float32)
+    queries = (attention.q_proj(query).to(dtype) * attention.scaling).view(batch, query.shape[1], heads, -1)
+    key_weight, key_bias = head_weights(attention.k_proj, heads, dtype)
+    # Rows (head, query): the keys' projection as seen by each head's query, and that query's score offset.
+    score_weight = torch.einsum("bnhd,hdc->bhnc", queries, key_weight).reshape(batch, -1, hidden).to(query.dtype)
+    score_bias = torch.einsum("bnhd,hd->bhn", queries, key_bias).reshape(batch, -1, 1).to(query.dtype)
+    scores = image_tokens.new_empty(batch, score_weight.shape[1], tokens)
+    for first, end, start, stop in blocks:
+        block = (image_tokens[first:end, start:stop] + image_pe[:, start:stop]).transpose(1, 2)
+        if in_place:
+            torch.baddbmm(score_bias[first:end], score_weight[first:end], block, out=scores[first:end, :, start:stop])
+        else:
+            scores[first:end, :, start:stop] = torch.baddbmm(score_bias[first:end], score_weight[first:end], block)
+    probabilities = F.softmax(scores, dim=-1, dtype=torch.float32).to(image_tokens.dtype)
+    attended = torch.bmm(probabilities, image_tokens).view(batch, heads, query.shape[1], hidden).to(dtype)
+    value_weight, value_bias = head_weights(attention.v_proj, heads, dtype)
+    values = torch.einsum("bhnc,hdc->bnhd", attended, value_weight) + value_bias
+    return attention.out_proj(values.reshape(batch, query.shape[1], -1).to(query.dtype))
+
+
+def attend_to_tokens_blockwise(
+    attention: nn.Module,
+    layer_norm: nn.LayerNorm,
+    image_tokens: torch.Tensor,
+    image_pe: torch.Tensor,
+    class_keys: torch.Tensor,
+    class_values: torch.Tensor,
+    blocks: list,
+    updated: torch.Tensor,
+) -> None:
+    """`updated = layer_norm(image_tokens + attention(image_tokens + image_pe, class_keys, class_values))` block by
+    block: by [`folded_attention_to_tokens`] for the built-in attention implementations, else through the configured
+    one on each block's projected queries."""
+    if attention.config._attn_implementation in FOLDABLE_ATTENTION_IMPLEMENTATIONS:
+        folded_attention_to_tokens(attention, layer_norm, image_tokens, image_pe, class_keys, class_values, blocks,
+                                   updated)  # fmt: skip
+        return
+    keys, values = attention.k_proj(class_keys), attention.v_proj(class_values)
+    for first, end, start, stop in blocks:
+        block = image_tokens[first:end, start:stop]
+        attended = attention.attend(attention.q_proj(block + image_pe[:, start:stop]), keys[first:end],
+                                    values[first:end])[0]  # fmt: skip
+        updated[first:end, start:stop] = layer_norm(block + attended)
+
+
+def folded_attention_to_tokens(
+    attention: nn.Module,
+    layer_norm: nn.LayerNorm,
+    image_tokens: torch.Tensor,
+    image_pe: torch.Tensor,
+    class_keys: torch.Tensor,
+    class_values: torch.Tensor,
+    blocks: list,
+    updated: torch.Tensor,
+) -> None:
+    """`updated = layer_norm(image_tokens + attention(image_tokens + image_pe, class_keys, class_values))` block by
+    block, without projecting the image tokens.
+
+    As in [`folded_attention_to_image`], the query projection folds into the few class tokens' keys (every head's
+    scores of a block in one product), and the output projection into their values: head `h`'s output is
+    `O_h (sum_n p_n v_n) = sum_n p_n (O_h v_n)`, and the output bias is shared out over the heads' probabilities,
+    which sum to 1, so the attended block plus its residual is one more product.
+    """
+    batch, labels, hidden = class_keys.shape
+    heads, dtype = attention.num_attention_heads, torch.promote_types(image_tokens.dtype, torch.float32)
+    keys = attention.k_proj(class_keys).to(dtype).view(batch, labels, heads, -1)
+    values = attention.v_proj(class_values).to(dtype).view(batch, labels, heads, -1)
+    query_weight, query_bias = head_weights(attention.q_proj, heads, dtype)
+    # Columns (head, class token).
+    score_weight = torch.einsum("hdc,bnhd->bchn", query_weight, keys) * attention.scaling
+    score_bias = torch.einsum("hd,bnhd->bhn", query_bias, keys) * attention.scaling
+    output_weight = attention.out_proj.weight.to(dtype).view(hidden, heads, -1)
+    output_values = torch.einsum("bnhd,chd->bhnc", values, output_weight) + attention.out_proj.bias.to(dtype) / heads
+    score_weight = score_weight.reshape(batch, hidden, -1).to(image_tokens.dtype)
+    score_bias = score_bias.reshape(batch, 1, -1).to(image_tokens.dtype)
+    output_values = output_values.reshape(batch, -1, hidden).to(image_tokens.dtype)
+    for first, end, start, stop in blocks:
+        block = image_tokens[first:end, start:stop]
+        scores = torch.baddbmm(score_bias[first:end], block + image_pe[:, start:stop], score_weight[first:end])
+        probabilities = F.softmax(scores.view(end - first, stop - start, heads, labels), dim=-1, dtype=torch.float32)
+        probabilities = probabilities.to(block.dtype).view(end - first, stop - start, heads * labels)
+        attended = torch.baddbmm(block, probabilities, output_values[first:end])
+        updated[first:end, start:stop] = F.layer_norm(
+            attended, (hidden,), layer_norm.weight, layer_norm.bias, layer_norm.eps
+        )
 
 
 def two_way_block_blockwise(
@@ -452,14 +578,9 @@ def two_way_block_blockwise(
     queries = layer.layer_norm2(queries + attended)
     queries = layer.layer_norm3(queries + layer.mlp(queries))
     # Image-to-token attention is per image token: each block goes through it, the residual and the norm alone.
-    attention = layer.cross_attn_image_to_token
-    token_keys, token_values = attention.k_proj(queries + query_pe), attention.v_proj(queries)
     updated = keys if keys_writable and in_place else torch.empty_like(keys)
-    for first, end, start, stop in blocks:
-        block = keys[first:end, start:stop]
-        image_queries = attention.q_proj(block + key_pe[:, start:stop])
-        attended = attention.attend(image_queries, token_keys[first:end], token_values[first:end])[0]
-        updated[first:end, start:stop] = layer.layer_norm4(block + attended)
+    attend_to_tokens_blockwise(layer.cross_attn_image_to_token, layer.layer_norm4, keys, key_pe, queries + query_pe,
+                               queries, blocks, updated)  # fmt: skip
     return queries, updated
 
 

@@ -323,7 +323,8 @@ def test_decoder_attention_dispatches_through_the_transformers_attention_interfa
     every decoder attention: per two-way layer the class tokens' self-attention, token-to-image and image-to-token
     attention, then the final token-to-image attention (SAM's two-way transformer); on the reference path, the fast
     path and the fast path's CPU blocks (image-to-token attention once per block of image tokens). It wraps SDPA, so
-    the logits are the SDPA model's. The maps of `output_attentions` come from eager attention, the one
+    the logits are the SDPA model's (up to float rounding in CPU blocks, where SDPA's cross-attentions run as the
+    folded products of `fast_path_segface.folded_attention_to_image`, which a registered function replaces). The maps of `output_attentions` come from eager attention, the one
     implementation that exposes them; the self-attentions, whose maps are not returned, keep the probe."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -367,7 +368,10 @@ def test_decoder_attention_dispatches_through_the_transformers_attention_interfa
                 ]
                 image_to_token = [shape for module, shape in calls if module is layer.cross_attn_image_to_token]
                 assert image_to_token == [image_query] * image_calls
-            torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+            if image_calls == 1:
+                torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
         for fast in (False, True):
             probed.fast_path = fast

@@ -36,6 +36,7 @@ MODEL_REPO_FILES = (
     "image_processing_segface_fast.py",
     # imported by the files above, so saved beside them as remote code
     "fast_path_segface.py",
+    "batch_norm_folding.py",
     "face_warp.py",
     "image_io.py",
     "errors.py",
