@@ -2,6 +2,8 @@
 
 - torchao (which ExecuTorch installs) registers two Enum classes with torch's pytree when transformers imports it,
   and torch 2.14 answers each registration with a deprecation warning on stderr: a note to torchao's developers.
+- coremltools and litert-torch log version notices and print progress bars or pass trees while converting:
+  [`quiet_converter`] keeps them out of `segface export`'s output.
 - litert-torch's native TensorFlow library writes absl's "before InitializeLog" warning and TensorFlow's "oneDNN custom
   operations are on" notice straight to file descriptor 2 when it is imported; neither `TF_CPP_MIN_LOG_LEVEL` nor an
   explicit `TF_ENABLE_ONEDNN_OPTS=1` silences them, so [`native_stderr_without`] filters them out.
@@ -10,10 +12,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
 import tempfile
+import warnings
 
 TORCHAO_ENUM_NOTICE = "is an Enum subclass and is now natively supported"
 
@@ -52,3 +56,19 @@ def native_stderr_without(*notices: str):
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def quiet_converter(logger_name: str, stream: str):
+    """Run the block with the `logger_name` logger at ERROR, warnings ignored and Python's `sys.<stream>`
+    (`"stdout"` or `"stderr"`) captured and dropped: for converters that print progress a user did not ask for."""
+    redirect = {"stdout": contextlib.redirect_stdout, "stderr": contextlib.redirect_stderr}[stream]
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

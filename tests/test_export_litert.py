@@ -151,3 +151,33 @@ def test_native_stderr_filter_keeps_every_other_line(capfd):
     with native_stderr_without("a notice"):
         os.write(2, b"first line\nthis is a notice to drop\nlast line\n")
     assert capfd.readouterr().err == "first line\nlast line\n"
+
+
+def test_quiet_converter_drops_a_converters_chatter_and_restores_its_logger(capsys):
+    """What litert-torch and coremltools print while converting (progress on one stream, notices as log records and
+    warnings) is dropped inside the block; the logger's level is its own again afterwards, and errors still log."""
+    import logging
+    import sys
+    import warnings
+
+    from segface_hf.third_party_logging import quiet_converter
+
+    logger = logging.getLogger("segface_test_converter")
+    logger.setLevel(logging.INFO)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        with quiet_converter("segface_test_converter", "stdout"):
+            print("a progress tree")
+            logger.info("a version notice")
+            logger.error("a real error")
+            warnings.warn("a deprecation notice")
+            print("stderr stays", file=sys.stderr)
+        assert logger.level == logging.INFO
+    finally:
+        logger.removeHandler(handler)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "stderr stays\n"
+    assert [r.getMessage() for r in records] == ["a real error"]

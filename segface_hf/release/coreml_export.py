@@ -17,15 +17,13 @@ shapes and the class count) and not run; [`~segface_hf.release.export.export_mod
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
-import warnings
 
 import torch
 from torch import nn
 
 from ..errors import SegFaceError, SegFaceMissingDependencyError
+from ..third_party_logging import quiet_converter
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 # The oldest OS whose Core ML runs the ML programs written here (float32 or float16 compute, grid_sample).
@@ -49,18 +47,9 @@ def require_coremltools():
     return coremltools
 
 
-@contextlib.contextmanager
 def _quiet():
-    """coremltools logs version notices on import and prints progress bars while converting."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    """coremltools logs version notices on import and prints progress bars (on stderr) while converting."""
+    return quiet_converter("coremltools", "stderr")
 
 
 def _atanh(x: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,7 @@ kernels (`qdq_conversion_mode` STATIC).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import SegFaceError, SegFaceMissingDependencyError
-from ..third_party_logging import LITERT_IMPORT_NOTICES, native_stderr_without
+from ..third_party_logging import LITERT_IMPORT_NOTICES, native_stderr_without, quiet_converter
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 QUANTIZED_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -50,19 +46,10 @@ def require_litert():
     return litert_torch
 
 
-@contextlib.contextmanager
 def _quiet():
-    """litert-torch prints a progress tree of its passes and TensorFlow's native logging on import."""
+    """litert-torch prints a progress tree of its passes (on stdout) and TensorFlow's native logging on import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logger = logging.getLogger("litert_torch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return quiet_converter("litert_torch", "stdout")
 
 
 def quantize_for_litert(module: nn.Module, inputs: tuple[torch.Tensor, ...],
