@@ -124,11 +124,17 @@ def test_each_format_runs_in_onnxruntime_and_matches_pytorch(model, faces, tmp_p
         assert difference > 1e-5  # the precision really changed
 
 
-def test_int8_file_is_smaller_than_float32(model, faces, tmp_path):
+@pytest.mark.parametrize(("quantization", "largest_share"), [(None, 0.5), ("static", 0.35)])
+def test_int8_file_is_smaller_than_float32(model, faces, tmp_path, quantization, largest_share):
     float32 = export_model(model, tmp_path / "f.onnx", format="onnx", faces=faces, verify=False)
-    int8 = export_model(model, tmp_path / "q.onnx", format="onnx-int8", faces=faces, verify=False)
+    int8 = export_model(model, tmp_path / "q.onnx", format="onnx-int8", faces=faces, verify=False,
+                        quantization=quantization)  # fmt: skip
+    assert int8.quantization == (quantization or "dynamic")  # dynamic is onnx-int8's default
+    assert int8.calibration_faces == (0 if quantization is None else 3)
     # int8 stores a weight in one byte instead of four; the scales, biases and the float output stage add a little.
-    assert int8.size_bytes < 0.35 * float32.size_bytes
+    # Dynamic int8 keeps convolution weights under SMALLEST_INT8_STORED_WEIGHT values in float: all of the tiny
+    # model's (0.45 of the float32 file; MobileNetV3 at 512: 7.7 of 29.2 MB).
+    assert int8.size_bytes < largest_share * float32.size_bytes
     assert int8.fidelity is None and int8.latency_ms is None
 
 
@@ -215,7 +221,8 @@ def test_cli_exports_int8_calibrated_on_a_given_folder(model, saved_model, tmp_p
     output = tmp_path / "out" / "model_quantized.onnx"
     report = tmp_path / "export.json"
     code, out, err = run_export_cli(capsys, "--model", saved_model, "--format", "onnx-int8", "--output", output,
-                                    "--calibration", photos, "--json", report, "--quiet")  # fmt: skip
+                                    "--quantization", "static", "--calibration", photos, "--json", report,
+                                    "--quiet")  # fmt: skip
     assert code == 0, err
     assert out.startswith(f"segface export: Exported SegFace to {output} as onnx-int8 (static)"), out
     assert "calibrated on 3 faces" in out and "onnxruntime against PyTorch on 2 held-out faces" in out
@@ -313,3 +320,70 @@ def test_exports_go_into_the_model_repo_and_the_card_lists_their_fidelity(saved_
     row = next(line for line in card.splitlines() if line.startswith("| `coreml/model.mlpackage` |"))
     assert "| coreml |" in row and "not run: Core ML runs on Apple platforms only" in row
     assert "## Exports" not in build_model_card(config, "standin-user/tiny", variant="mobilenet_celeba_512")
+
+
+def test_dynamic_int8_stores_convolution_weights_in_int8_and_onnxruntime_folds_them_at_load(tmp_path):
+    """The convolutions' weights, which dynamic int8 leaves in float, are stored as int8 with one scale per output
+    channel (the largest |weight| of the channel over 127), those with fewer values than asked for staying float,
+    and turned back into float when onnxruntime loads the file, so it runs the plain float convolution with the
+    rounded weights. Checked on a hand-made Conv ->
+    ConvTranspose graph against torch's convolutions with the weights rounded by hand."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segface_hf.release.export import SMALLEST_INT8_STORED_WEIGHT, quantize_to_int8, store_convolution_weights_in_int8
+
+    rng = np.random.default_rng(0)
+    conv = rng.normal(size=(4, 3, 3, 3)).astype(np.float32) * np.array([1, 10, 0.01, 0], np.float32)[:, None, None, None]
+    transposed = rng.normal(size=(4, 2, 2, 2)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["h", "t"], ["y"], name="up", strides=[2, 2])],
+        "convolutions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+        [numpy_helper.from_array(conv, "w"), numpy_helper.from_array(transposed, "t"),
+         numpy_helper.from_array(bias, "b")],
+    )  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    assert store_convolution_weights_in_int8(path, min_weights=109) == 0  # both are smaller (108 and 32 values)
+    assert store_convolution_weights_in_int8(path, min_weights=0) == 2
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(path)).graph.initializer}
+    assert {name: array.dtype.name for name, array in stored.items() if array.size > 4} == {
+        "w_int8": "int8", "t_int8": "int8"}  # fmt: skip
+    assert np.array_equal(stored["b"], bias)  # biases stay float
+
+    def rounded(weight, axis):  # symmetric int8, one scale per output channel, by hand
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.abs(weight).max(axis=reduce, keepdims=True) / 127
+        return np.where(scale > 0, np.round(weight / np.where(scale > 0, scale, 1)) * scale, 0).astype(np.float32)
+
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    hidden = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(rounded(conv, 0)),
+                                        torch.from_numpy(bias), padding=1)  # fmt: skip
+    expected = torch.nn.functional.conv_transpose2d(hidden, torch.from_numpy(rounded(transposed, 1)), stride=2)
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-4)
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(str(tmp_path / "loaded.onnx")).graph
+    assert [node.op_type for node in loaded.node] == ["Conv", "ConvTranspose"]  # the casts and scales were folded
+
+    # Dynamic int8 does it to the weights with at least SMALLEST_INT8_STORED_WEIGHT values.
+    assert SMALLEST_INT8_STORED_WEIGHT == 64 * 64 * 2 * 2
+    large = rng.normal(size=(64, 64, 2, 2)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "convolution",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 3, 3])],
+                              [numpy_helper.from_array(large, "w")])  # fmt: skip
+    source, target = tmp_path / "large.onnx", tmp_path / "large_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    quantize_to_int8(source, target, [], "dynamic")
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(target)).graph.initializer}
+    assert stored["w_int8"].dtype == np.int8 and "w" not in stored

@@ -1,13 +1,13 @@
 """`segface export`: write a SegFace model in a deployment format, checked in its runtime against PyTorch.
 
     segface export --model segface-mobilenet-celeba-512 --format onnx-int8 --output onnx/model_quantized.onnx
-    segface export --model segface-swinb-celeba-512 --format onnx-int8 --quantization dynamic --output swin-int8.onnx
+    segface export --model segface-mobilenet-celeba-512 --format onnx-int8 --quantization static --output qdq.onnx
     segface export --model ./my-model --format onnx-fp16 --output onnx/model_fp16.onnx --calibration ./photos
     segface export --model segface-mobilenet-celeba-512 --format executorch-int8 --output executorch/model_int8.pte
     segface export --model segface-mobilenet-celeba-512 --format litert-int8 --output litert/model_int8.tflite
     segface export --model segface-mobilenet-celeba-512 --format coreml-fp16 --output coreml/model_fp16.mlpackage
 
-Formats: onnx (float32), onnx-fp16, onnx-int8 (static QDQ calibrated on face crops, or --quantization dynamic);
+Formats: onnx (float32), onnx-fp16, onnx-int8 (dynamic int8, or --quantization static: QDQ calibrated on face crops);
 executorch (float32 .pte, XNNPACK delegate) and executorch-int8 (PT2E, XNNPACK quantizer, calibrated); litert
 (float32 .tflite) and litert-int8 (PT2E, litert-torch's quantizer, calibrated); coreml and coreml-fp16 (an ML
 program .mlpackage, batch size 1; Core ML runs on Apple platforms only, so its spec is checked instead of running
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "litert, litert-int8, coreml or coreml-fp16")  # fmt: skip
     parser.add_argument("--output", required=True, help="the file to write (its folder is created if needed)")
     parser.add_argument("--calibration", help="folder of photos with faces (default: the bundled examples)")
-    parser.add_argument("--quantization", default="static", help="onnx-int8: static (default) or dynamic")
+    parser.add_argument("--quantization", help="onnx-int8: dynamic (default) or static (calibrated QDQ)")
     parser.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS",
                         help="HEIGHT [WIDTH] the file takes (default: the model's image_size)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset (default: 20)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the model fails here, before a possibly long load or download.
     export = export_format(args.format)
-    check_quantization(export, args.quantization, "--quantization")
+    quantization = check_quantization(export, args.quantization, "--quantization")
     image_size = image_size_option(args.image_size)
     check_output(args.output, export, args.overwrite)
     prepare(args, export.runtime)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         checking = "" if args.no_verify else f", checking with {export.runtime}"
         steps.set_postfix_str(f"exporting to {export.name}{checking}")
         result = export_model(model, args.output, format=export.name, calibration=args.calibration,
-                              processor=processor, image_size=image_size, quantization=args.quantization,
+                              processor=processor, image_size=image_size, quantization=quantization,
                               opset_version=args.opset, verify=not args.no_verify, overwrite=args.overwrite,
                               threads=args.threads)  # fmt: skip
         steps.update()
