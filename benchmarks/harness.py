@@ -122,7 +122,8 @@ class BenchmarkSettings:
         litert (`list[str]`, *optional*):
             Precisions (`float32`, `int8`) to export with `segface export --format litert / litert-int8` (int8
             calibrated on the bundled photos' faces) and time in the LiteRT interpreter on the CPU (a batch face by
-            face); with `peer_code`, the peer is converted and timed the same way.
+            face); with `peer_code`, the peer is converted and timed the same way in float32 (`litert-int8`
+            quantizes linear layers only, and the peer runs none).
         pytorch_int8 (`bool`, *optional*, defaults to `False`):
             Whether to time int8 in PyTorch: this package's model captured with `torch.export`, quantized with PT2E
             and torchao's `X86InductorQuantizer` (its default config: int8 weights per channel, uint8 activations
@@ -775,18 +776,12 @@ def _peer_onnx_runner(peer: PeerBiSeNet, model_config, resolution: int, threads:
     return _onnx_session_runner(path, threads)
 
 
-def _peer_litert_runner(peer: PeerBiSeNet, model_config, resolution: int, threads: int | None, folder: str,
-                        int8: bool = False) -> Callable[..., object]:  # fmt: skip
-    """The peer converted by the same function as SegFace's LiteRT exports and, for `int8`, quantized the same way,
-    calibrated on the same face crops."""
-    from segface_hf.release.export import face_inputs, split_held_out
+def _peer_litert_runner(peer: PeerBiSeNet, resolution: int, threads: int | None, folder: str) -> Callable[..., object]:
+    """The peer converted to float32 LiteRT by the same function as SegFace's LiteRT exports."""
     from segface_hf.release.litert_export import litert_runner, write_litert_module
 
-    calibration = None
-    if int8:
-        calibration, _ = split_held_out(face_inputs(model_config, None, (resolution, resolution)))
-    path = Path(folder) / f"peer_{resolution}{'_int8' if int8 else ''}.tflite"
-    write_litert_module(peer.eval(), {"pixel_values": torch.zeros(1, 3, resolution, resolution)}, path, calibration)
+    path = Path(folder) / f"peer_{resolution}.tflite"
+    write_litert_module(peer.eval(), {"pixel_values": torch.zeros(1, 3, resolution, resolution)}, path)
     run = litert_runner(path, threads=threads)
     return lambda pixel_values, landmarks=None: run({"pixel_values": pixel_values.cpu().numpy()})
 
@@ -1003,9 +998,13 @@ def _measure_model(
                 exported_runs[name] = _peer_onnx_runner(peer, base.config, spec.resolution, settings.threads,
                                                         scratch, int8=mode)  # fmt: skip
             for precision in settings.litert:
+                if precision == "int8":  # litert-int8 quantizes linear layers only (litert_export's docstring)
+                    report.skipped.append(f"{PEER_NAME} {IMPLEMENTATION_LITERT} int8: litert-int8 quantizes "
+                                          "linear layers only, and BiSeNet runs none")  # fmt: skip
+                    continue
                 progress(f"{PEER_NAME}@{spec.resolution}: converting to LiteRT ({precision})")
                 exported_runs[f"{PEER_NAME} {IMPLEMENTATION_LITERT} {precision}"] = _peer_litert_runner(
-                    peer, base.config, spec.resolution, settings.threads, scratch, int8=precision == "int8"
+                    peer, spec.resolution, settings.threads, scratch
                 )
     for dtype_name in settings.dtypes:
         dtype = DTYPES[dtype_name]

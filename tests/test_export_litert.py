@@ -181,3 +181,37 @@ def test_quiet_converter_drops_a_converters_chatter_and_restores_its_logger(caps
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "stderr stays\n"
     assert [r.getMessage() for r in records] == ["a real error"]
+
+
+def _weight_types(path) -> dict[tuple[str, tuple[int, ...]], set[str]]:
+    """(operator name, weight shape) -> the element types of that operator's weights (its second input), read from
+    the flatbuffer with LiteRT's own schema."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    operators = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    types = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
+    (graph,) = model.subgraphs
+    found: dict[tuple[str, tuple[int, ...]], set[str]] = {}
+    for operator in graph.operators:
+        code = model.operatorCodes[operator.opcodeIndex]
+        if len(operator.inputs) > 1 and operator.inputs[1] >= 0:
+            weight = graph.tensors[operator.inputs[1]]
+            key = (operators[max(code.builtinCode, code.deprecatedBuiltinCode)], tuple(int(n) for n in weight.shape))
+            found.setdefault(key, set()).add(types[weight.type])
+    return found
+
+
+def test_int8_file_quantizes_the_linear_layers_and_keeps_the_convolutions_float(exports):
+    """What `litert-int8` quantizes (litert_export's docstring says why): fully connected operators with int8
+    weights (the linear layers), while the backbone's 3x3 convolutions keep float32 weights; in the float32 file every
+    fully connected weight is float32. (This tiny ResNet's residual additions come out quantized as well, and the
+    converter lowers the shortcuts' 1x1 convolutions between them to int8; MobileNetV3 at 512 has no int8
+    convolution.)"""
+    int8 = _weight_types(exports["litert-int8"]["path"])
+    fully_connected = set().union(*(types for (name, _), types in int8.items() if name == "FULLY_CONNECTED"))
+    assert "INT8" in fully_connected
+    three_by_three = [types for (name, shape), types in int8.items() if name == "CONV_2D" and shape[1:3] == (3, 3)]
+    assert three_by_three and all(types == {"FLOAT32"} for types in three_by_three)
+    float32 = _weight_types(exports["litert"].path)
+    assert set().union(*(types for (name, _), types in float32.items() if name == "FULLY_CONNECTED")) == {"FLOAT32"}

@@ -90,7 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executorch", nargs="+", default=[], choices=["float32", "int8"],
                         help="also time ExecuTorch (XNNPACK) exports of these precisions")  # fmt: skip
     parser.add_argument("--litert", nargs="+", default=[], choices=["float32", "int8"],
-                        help="also time LiteRT exports of these precisions (and the peer's)")
+                        help="also time LiteRT exports of these precisions (and the peer's float32)")
     parser.add_argument("--pytorch-int8", action="store_true", help="also time int8 in PyTorch (PT2E with the x86 "
                         "inductor quantizer, calibrated on the bundled photos' faces, torch.compile)")  # fmt: skip
     parser.add_argument("--image-processor", action="store_true", help="also time the image processor")
