@@ -4,9 +4,11 @@
   and torch 2.14 answers each registration with a deprecation warning on stderr: a note to torchao's developers.
 - coremltools and litert-torch log version notices and print progress bars or pass trees while converting:
   [`quiet_converter`] keeps them out of `segface export`'s output.
+- ExecuTorch's runtime writes its CPU probing (cpuinfo) through Python's `sys.stderr` the first time its thread
+  pool is resized, and a line at every resize: [`stderr_without`] with `EXECUTORCH_THREADPOOL_NOTICES` drops them.
 - litert-torch's native TensorFlow library writes absl's "before InitializeLog" warning and TensorFlow's "oneDNN custom
   operations are on" notice straight to file descriptor 2 when it is imported; neither `TF_CPP_MIN_LOG_LEVEL` nor an
-  explicit `TF_ENABLE_ONEDNN_OPTS=1` silences them, so [`native_stderr_without`] filters them out.
+  explicit `TF_ENABLE_ONEDNN_OPTS=1` silences them, so [`stderr_without`] filters them out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def not_torchao_enum_notice(record: logging.LogRecord) -> bool:
 logging.getLogger("torch.utils._pytree").addFilter(not_torchao_enum_notice)
 
 
+EXECUTORCH_THREADPOOL_NOTICES = ("[cpuinfo_utils.cpp:", "[threadpool.cpp:")
+
 LITERT_IMPORT_NOTICES = (
     "All log messages before absl::InitializeLog() is called are written to STDERR",
     "oneDNN custom operations are on",
@@ -37,21 +41,25 @@ LITERT_IMPORT_NOTICES = (
 
 
 @contextlib.contextmanager
-def native_stderr_without(*notices: str):
-    """Run the block with the process's file descriptor 2 going to a temporary file, then write to stderr the lines
-    that contain none of `notices`: for native libraries that log on import, where Python's logging cannot reach."""
+def stderr_without(*notices: str):
+    """Run the block with the process's file descriptor 2 going to a temporary file and Python's `sys.stderr` to a
+    buffer, then write to stderr the lines of both that contain none of `notices`: for native libraries that log where
+    Python's logging cannot reach, on the descriptor (LiteRT) or through `sys.stderr` (ExecuTorch's runtime)."""
     sys.stderr.flush()
     saved = os.dup(2)
+    written = io.StringIO()
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stderr(written):
+                yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
             lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            lines += written.getvalue().splitlines(keepends=True)
             kept = "".join(line for line in lines if not any(notice in line for notice in notices))
             if kept:
                 sys.stderr.write(kept)

@@ -159,3 +159,15 @@ def test_parameter_products_are_folded_before_lowering(model):
     targets = {node.target for node in folded.graph.nodes if node.op == "call_function"}
     assert {torch.ops.aten.sin.default, torch.ops.aten.cos.default} <= targets
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_runner_keeps_the_runtimes_thread_pool_notices_off_stderr(exports, capfd):
+    """Resizing ExecuTorch's thread pool writes a line through `sys.stderr` at every resize (and its CPU probing at
+    the first): a runner with `threads` keeps them off the user's terminal, and the program still runs."""
+    from segface_hf.release.executorch_export import executorch_runner
+
+    capfd.readouterr()
+    run = executorch_runner(exports["executorch"].path, threads=1)
+    assert "[threadpool.cpp:" not in capfd.readouterr().err
+    feed = {"pixel_values": np.zeros((1, 3, 64, 64), np.float32), "landmarks": np.zeros((1, 5, 2), np.float32)}
+    assert run(feed).shape == (1, 5, 64, 64)

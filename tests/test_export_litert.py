@@ -143,14 +143,18 @@ def test_importing_litert_prints_none_of_its_native_notices():
     assert "oneDNN custom operations" not in done.stderr and "InitializeLog" not in done.stderr, done.stderr
 
 
-def test_native_stderr_filter_keeps_every_other_line(capfd):
+def test_stderr_filter_keeps_every_other_line(capfd):
+    """Lines written to file descriptor 2 (as LiteRT's native library does) and through Python's `sys.stderr` (as
+    ExecuTorch's runtime does) lose the notices and keep everything else."""
     import os
+    import sys
 
-    from segface_hf.third_party_logging import native_stderr_without
+    from segface_hf.third_party_logging import stderr_without
 
-    with native_stderr_without("a notice"):
+    with stderr_without("a notice"):
         os.write(2, b"first line\nthis is a notice to drop\nlast line\n")
-    assert capfd.readouterr().err == "first line\nlast line\n"
+        sys.stderr.write("python line\nalso a notice to drop\n")
+    assert capfd.readouterr().err == "first line\nlast line\npython line\n"
 
 
 def test_quiet_converter_drops_a_converters_chatter_and_restores_its_logger(capsys):

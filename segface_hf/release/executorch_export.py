@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SegFaceError, SegFaceMissingDependencyError
+from ..third_party_logging import EXECUTORCH_THREADPOOL_NOTICES, stderr_without
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 # The largest batch a program accepts (its memory plan is sized for the batch it runs, not for this bound).
@@ -186,7 +187,8 @@ def executorch_runner(path: str | os.PathLike, threads: int | None = None):
     if threads:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-        _unsafe_reset_threadpool(threads)
+        with stderr_without(*EXECUTORCH_THREADPOOL_NOTICES):
+            _unsafe_reset_threadpool(threads)
     method = Runtime.get().load_program(path).load_method("forward")
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:

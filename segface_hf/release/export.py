@@ -132,8 +132,8 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
 # The runtimes this machine cannot run: their exports are checked by what the file declares, not by running it.
 UNRUNNABLE_RUNTIMES = ("coreml",)
 # The int8 formats whose quantization can be `dynamic` (the others are calibrated, `static`, only), and dynamic by
-# default: in onnxruntime on a CPU it is faster than static QDQ, as small, and it passed its check on the trained
-# learning-check model where static QDQ did not (docs/deploy.md, "int8 on a trained model"). Static QDQ stays for
+# default: for MobileNetV3 in onnxruntime on a CPU it is faster than static QDQ and as small, and it passed its check
+# on the trained learning-check model where static QDQ did not (docs/deploy.md, "Which int8"). Static QDQ stays for
 # the runtimes that take QDQ graphs (XNNPACK, NNAPI, QNN).
 DYNAMIC_INT8_FORMATS = ("onnx-int8",)
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import SegFaceError, SegFaceMissingDependencyError
-from ..third_party_logging import LITERT_IMPORT_NOTICES, native_stderr_without, quiet_converter
+from ..third_party_logging import LITERT_IMPORT_NOTICES, quiet_converter, stderr_without
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
 QUANTIZED_MODULES = (nn.Linear,)  # see the module docstring for why the convolutions stay float
@@ -43,7 +43,7 @@ class SegFaceLiteRTError(SegFaceError, RuntimeError):
 def require_litert():
     """The `litert_torch` converter; a one-line `SegFaceMissingDependencyError` saying how to install it otherwise."""
     try:
-        with _quiet(), native_stderr_without(*LITERT_IMPORT_NOTICES):
+        with _quiet(), stderr_without(*LITERT_IMPORT_NOTICES):
             import litert_torch
             from ai_edge_litert.interpreter import Interpreter  # noqa: F401
     except ImportError as error:
