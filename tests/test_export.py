@@ -338,10 +338,11 @@ def test_dynamic_int8_stores_convolution_weights_in_int8_and_onnxruntime_folds_t
     conv = rng.normal(size=(4, 3, 3, 3)).astype(np.float32) * np.array([1, 10, 0.01, 0], np.float32)[:, None, None, None]
     transposed = rng.normal(size=(4, 2, 2, 2)).astype(np.float32)
     bias = rng.normal(size=4).astype(np.float32)
+    # The input is named like the int8 weight would be: the new tensors take names of their own.
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+        [helper.make_node("Conv", ["w_int8", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
          helper.make_node("ConvTranspose", ["h", "t"], ["y"], name="up", strides=[2, 2])],
-        "convolutions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        "convolutions", [helper.make_tensor_value_info("w_int8", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
         [numpy_helper.from_array(conv, "w"), numpy_helper.from_array(transposed, "t"),
          numpy_helper.from_array(bias, "b")],
@@ -353,7 +354,7 @@ def test_dynamic_int8_stores_convolution_weights_in_int8_and_onnxruntime_folds_t
     assert store_convolution_weights_in_int8(path, min_weights=0) == 2
     stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(path)).graph.initializer}
     assert {name: array.dtype.name for name, array in stored.items() if array.size > 4} == {
-        "w_int8": "int8", "t_int8": "int8"}  # fmt: skip
+        "w_int8_1": "int8", "t_int8": "int8"}  # fmt: skip
     assert np.array_equal(stored["b"], bias)  # biases stay float
 
     def rounded(weight, axis):  # symmetric int8, one scale per output channel, by hand
@@ -365,7 +366,7 @@ def test_dynamic_int8_stores_convolution_weights_in_int8_and_onnxruntime_folds_t
     hidden = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(rounded(conv, 0)),
                                         torch.from_numpy(bias), padding=1)  # fmt: skip
     expected = torch.nn.functional.conv_transpose2d(hidden, torch.from_numpy(rounded(transposed, 1)), stride=2)
-    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"w_int8": x})[0]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-4)
 
     options = onnxruntime.SessionOptions()

@@ -501,6 +501,17 @@ def store_convolution_weights_in_int8(path: str | os.PathLike, min_weights: int 
         float_weight = weight in stored and stored[weight].data_type == onnx.TensorProto.FLOAT
         if float_weight and consumers[weight] == {node.op_type} and np.prod(stored[weight].dims) >= min_weights:
             axes[weight] = 0 if node.op_type == "Conv" else 1  # ConvTranspose weights are (in, out / groups, ...)
+    taken = set(stored) | {name for node in graph.node for name in (node.name, *node.input, *node.output)}
+    taken |= {value.name for value in (*graph.input, *graph.output)}
+
+    def new_name(base: str) -> str:
+        name, count = base, 0
+        while name in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name)
+        return name
+
     dequantizing = []
     for weight, axis in axes.items():
         values = numpy_helper.to_array(stored[weight])
@@ -508,13 +519,13 @@ def store_convolution_weights_in_int8(path: str | os.PathLike, min_weights: int 
         shape[axis] = -1
         largest = np.abs(values).max(axis=tuple(i for i in range(values.ndim) if i != axis)).reshape(shape)
         scale = np.where(largest > 0, largest / 127, 1).astype(np.float32)
+        integers, scales, floats = new_name(weight + "_int8"), new_name(weight + "_scale"), new_name(weight + "_float")
         graph.initializer.remove(stored[weight])
-        graph.initializer.extend([numpy_helper.from_array(np.rint(values / scale).astype(np.int8), weight + "_int8"),
-                                  numpy_helper.from_array(scale, weight + "_scale")])  # fmt: skip
+        graph.initializer.extend([numpy_helper.from_array(np.rint(values / scale).astype(np.int8), integers),
+                                  numpy_helper.from_array(scale, scales)])  # fmt: skip
         dequantizing += [
-            helper.make_node("Cast", [weight + "_int8"], [weight + "_float"], weight + "_cast",
-                             to=onnx.TensorProto.FLOAT),  # fmt: skip
-            helper.make_node("Mul", [weight + "_float", weight + "_scale"], [weight], weight + "_dequantize"),
+            helper.make_node("Cast", [integers], [floats], new_name(weight + "_cast"), to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [floats, scales], [weight], new_name(weight + "_dequantize")),
         ]
     for node in reversed(dequantizing):
         graph.node.insert(0, node)
