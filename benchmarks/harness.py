@@ -118,7 +118,7 @@ class BenchmarkSettings:
         executorch (`list[str]`, *optional*):
             Precisions (`float32`, `int8`) to export with `segface export --format executorch / executorch-int8`
             (XNNPACK, int8 calibrated on the bundled photos' faces) and time in the ExecuTorch runtime on the CPU
-            (float32 inputs, batch sizes up to its `MAX_BATCH_SIZE`); not checked against PyTorch, as for `onnx_int8`.
+            (float32 inputs, a batch face by face); not checked against PyTorch, as for `onnx_int8`.
         litert (`list[str]`, *optional*):
             Precisions (`float32`, `int8`) to export with `segface export --format litert / litert-int8` (int8
             calibrated on the bundled photos' faces) and time in the LiteRT interpreter on the CPU (a batch face by

@@ -375,8 +375,9 @@ def positional_tokens(
     unchanged (same storage, same version)."""
     if not plan.caches:
         # A tracer must not see the cache at all: dynamo would guard on the weak dictionary's contents, which the
-        # garbage collector changes between tracing and building the guards.
-        encoding = embedding.encode(height, width).to(dtype)
+        # garbage collector changes between tracing and building the guards. The separable form keeps exported
+        # programs that fold constants small (ExecuTorch's would store 8 MB of angles at 512 pixels).
+        encoding = embedding.encode_separably(height, width).to(dtype)
         return encoding.view(1, height * width, encoding.shape[-1])
     matrix = embedding.positional_embedding
     key = (height, width, dtype, matrix.device, matrix.data_ptr(), matrix._version)
@@ -662,9 +663,10 @@ def upscale_rows(
     # Interleave the blocks: (batch, y, dy, x, dx, mid) is the 2h x 2w map with channels last.
     upscaled = upscaled.permute(0, 1, 3, 2, 4, 5).reshape(-1, mid)
     pixels = decoder.activation(torch.addmm(bias2, upscaled, weight2)).view(batch, 2 * rows, 4 * width, 2, out)
+    # A slice rather than an index: the same view here, and in exported programs a strided slice, which ExecuTorch's
+    # XNNPACK delegate runs (an index becomes a `select_copy` on its single-threaded portable kernels).
     return [
-        torch.bmm(mask_weights, pixels[:, :, :, dy].reshape(batch, 8 * rows * width, out).transpose(1, 2)).view(
-            batch, -1, 2 * rows, 4 * width
-        )
+        torch.bmm(mask_weights, pixels[:, :, :, dy : dy + 1].reshape(batch, 8 * rows * width, out).transpose(1, 2))
+        .view(batch, -1, 2 * rows, 4 * width)
         for dy in range(2)
     ]

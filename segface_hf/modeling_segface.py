@@ -153,6 +153,23 @@ class SegFacePositionalEmbedding(nn.Module):
         coords = 2 * math.pi * (coords @ matrix.float())
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).unsqueeze(0)
 
+    def encode_separably(self, height: int, width: int) -> torch.Tensor:
+        """[`~SegFacePositionalEmbedding.encode`] through the angle-sum identities: each angle is a column's part plus
+        a row's part, so `sin(c + r) = sin c cos r + cos c sin r` and `cos(c + r) = cos c cos r - sin c sin r` build
+        the encoding from `(width, F)` and `(height, F)` tables. Equal to `encode` up to float rounding (a few 1e-6).
+        Exporters that fold computations on constants into stored tensors then store those small tables (or
+        nothing) instead of the `height * width * F` angles."""
+        matrix = self.positional_embedding.float()
+        x = 2 * ((torch.arange(width, device=matrix.device, dtype=torch.float32) + 0.5) / width) - 1
+        y = 2 * ((torch.arange(height, device=matrix.device, dtype=torch.float32) + 0.5) / height) - 1
+        columns = 2 * math.pi * (x[:, None] * matrix[0])  # (width, F)
+        rows = 2 * math.pi * (y[:, None] * matrix[1])  # (height, F)
+        sin_c, cos_c = torch.sin(columns)[None], torch.cos(columns)[None]
+        sin_r, cos_r = torch.sin(rows)[:, None], torch.cos(rows)[:, None]
+        sine = sin_c * cos_r + cos_c * sin_r
+        cosine = cos_c * cos_r - sin_c * sin_r
+        return torch.cat([sine, cosine], dim=-1).unsqueeze(0)
+
     def forward(self, height: int, width: int) -> torch.Tensor:
         """Encoding of a `height` x `width` grid, `(1, hidden_size, height, width)` (a channels-last view)."""
         return self.encode(height, width).permute(0, 3, 1, 2)
@@ -169,13 +186,23 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention written out: `(batch, heads, tokens, head_dim)` inputs; returns the output `(batch, tokens, heads,
-    head_dim)` and the attention probabilities `(batch, heads, query tokens, key tokens)`."""
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    head_dim)` and the attention probabilities `(batch, heads, query tokens, key tokens)`.
+
+    The products are batched matrix products over `batch * heads`, which is what `torch.matmul` runs for these
+    shapes; written out, they stay `bmm` in exported graphs, where a 4-D `matmul` decomposes into broadcasting copies
+    that ExecuTorch runs outside XNNPACK (docs/deploy.md)."""
+    batch, heads, query_tokens, head_dim = query.shape
+    key_tokens = key.shape[2]
+    query = query.reshape(batch * heads, query_tokens, head_dim)
+    key = key.reshape(batch * heads, key_tokens, head_dim)
+    value = value.reshape(batch * heads, key_tokens, value.shape[-1])
+    attn_weights = torch.bmm(query, key.transpose(1, 2)).view(batch, heads, query_tokens, key_tokens) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    attended = torch.bmm(attn_weights.reshape(batch * heads, query_tokens, key_tokens), value)
+    attn_output = attended.view(batch, heads, query_tokens, -1).transpose(1, 2).contiguous()
     return attn_output, attn_weights
 
 

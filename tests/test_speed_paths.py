@@ -9,6 +9,8 @@ fixture; gradients must agree too, since training runs the fast path.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,31 @@ def test_positional_encoding_tokens_are_the_map_in_row_major_order():
     assert not torch.equal(changed, tokens)
     bf16 = fast_path.positional_tokens(model.positional_embedding, 12, 20, torch.bfloat16, plan)
     assert bf16.dtype == torch.bfloat16
+
+
+def test_traced_passes_build_the_encoding_from_row_and_column_tables():
+    """While tracing, the encoding comes from `encode_separably` (the angle-sum identities), which must give the
+    original's encoding: checked against the direct formula, and against float64 sines of the summed angles."""
+    model = scaled_model()
+    embedding = model.positional_embedding
+    with torch.no_grad():  # frequencies as large as a trained model's (|g| up to about 4): angles up to ~50 radians
+        embedding.positional_embedding.copy_(torch.randn(2, 16, generator=torch.Generator().manual_seed(1)) * 2)
+    for height, width in ((12, 20), (128, 128), (7, 3)):
+        direct = embedding.encode(height, width)
+        separable = embedding.encode_separably(height, width)
+        assert separable.shape == direct.shape == (1, height, width, 32) and separable.is_contiguous()
+        torch.testing.assert_close(separable, direct, rtol=0, atol=2e-5)
+        # Independent truth: the angles of cell centres, in float64.
+        matrix = embedding.positional_embedding.double()
+        y, x = torch.meshgrid((torch.arange(height, dtype=torch.float64) + 0.5) / height * 2 - 1,
+                              (torch.arange(width, dtype=torch.float64) + 0.5) / width * 2 - 1, indexing="ij")
+        angles = 2 * math.pi * (x[..., None] * matrix[0] + y[..., None] * matrix[1])
+        exact = torch.cat([angles.sin(), angles.cos()], dim=-1)[None]
+        torch.testing.assert_close(separable.double(), exact, rtol=0, atol=2e-5)
+    traced_plan = fast_path.SegFaceFastPathPlan(cpu_blocks=False, in_place=False, swin_windows=False, caches=False,
+                                                fold_batch_norms=False)  # fmt: skip
+    tokens = fast_path.positional_tokens(embedding, 12, 20, torch.float32, traced_plan)
+    assert torch.equal(tokens, embedding.encode_separably(12, 20).view(1, 240, 32))
 
 
 def test_closed_form_inverse_used_for_export_matches_linalg(monkeypatch):

@@ -1,15 +1,25 @@
 """Write a SegFace model as an ExecuTorch program (`.pte`) with its work delegated to XNNPACK, and run such a file.
 
-The model is captured with `torch.export` (non-strict) with a dynamic batch dimension, lowered with
-`to_edge_transform_and_lower` and the `XnnpackPartitioner` (the operators XNNPACK does not cover, such as the face
-warp's `grid_sampler_2d` of the LaPa models, run as ExecuTorch's portable kernels inside the same program) and
-serialised with `to_executorch`. Before lowering, the products of parameters that the fast path computes on every
-call (the folded fusion matrices, see [`fold_parameter_products`]) are folded into constants: XNNPACK takes a linear
-layer only with constant weights, and the others run on ExecuTorch's portable kernels, which are single-threaded
-reference code (MobileNetV3 at 512: 2.6 s per image before the folding, 0.4 s after). For int8 the captured graph is quantized
-first with PT2E: the XNNPACK quantizer's symmetric per-channel config (int8 weights per output channel, int8
-activations) on the convolutions and linear layers (`QUANTIZED_OPERATORS`), observers calibrated on face crops, then
-`convert_pt2e`, so XNNPACK runs them as integer kernels.
+The model is captured with `torch.export` (non-strict) at batch size 1, lowered with `to_edge_transform_and_lower`
+and the `XnnpackPartitioner` (the operators XNNPACK does not cover, such as the layer norms or the face warp's
+`grid_sampler_2d` of the LaPa models, run as ExecuTorch's portable kernels inside the same program) and serialised
+with `to_executorch`. The runner here feeds a batch face by face. What keeps the work inside XNNPACK, where it runs
+on the thread pool, rather than on ExecuTorch's portable kernels, which are single-threaded reference code
+(MobileNetV3 at 512, float32, 2 threads, standalone; docs/deploy.md has the profile):
+
+- Before lowering, the products of parameters that the fast path computes on every call (the folded fusion
+  matrices, see [`fold_parameter_products`]) are folded into constants: XNNPACK takes a linear layer only with
+  constant weights (2.6 s per image before the folding, 0.39 s after).
+- Static shapes: XNNPACK's bilinear resize takes no dynamic output size, so with a dynamic batch dimension the
+  feature fusion's three upsamplings stayed outside (0.29 s per image at batch size 1).
+- The decoder's attention is captured written out ([`decoder_attention_written_out`]): the decomposition of
+  scaled-dot-product attention guards its softmax with comparisons and selects that XNNPACK lacks (0.21 s); the
+  written-out attention multiplies with `bmm` and the last upscaling slices rather than indexes, so that no
+  broadcasting or selecting copy is left outside either (0.17 s).
+
+For int8 the captured graph is quantized first with PT2E: the XNNPACK quantizer's symmetric per-channel config (int8
+weights per output channel, int8 activations) on the convolutions and linear layers (`QUANTIZED_OPERATORS`),
+observers calibrated on face crops, then `convert_pt2e`, so XNNPACK runs them as integer kernels.
 """
 
 from __future__ import annotations
@@ -29,8 +39,6 @@ from ..errors import SegFaceError, SegFaceMissingDependencyError
 from ..third_party_logging import EXECUTORCH_THREADPOOL_NOTICES, stderr_without
 from .onnx_export import SegFaceLogitsOnly, example_inputs, exportable_backbone_attention
 
-# The largest batch a program accepts (its memory plan is sized for the batch it runs, not for this bound).
-MAX_BATCH_SIZE = 64
 # Nodes from the first one of this module (inside `SegFaceLogitsOnly`) on stay float in int8 programs, as in the
 # ONNX int8 export: the class tokens' MLP and the class-by-pixel products that make the logits, little compute that
 # decides the argmax of every pixel.
@@ -63,14 +71,26 @@ def _quiet():
 
 
 def _capture(module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH_SIZE)
-    return torch.export.export(
-        module, tuple(inputs.values()), dynamic_shapes={name: {0: batch} for name in inputs}, strict=False
-    )
+    return torch.export.export(module, tuple(inputs.values()), strict=False)
 
 
-# Left to run in the program when folding constants: the positional encoding's sine and cosine (folding them would
-# store the 128 x 128 x 256 encoding, 16 MB at 512 pixels, in the file; computing it costs a few milliseconds).
+@contextlib.contextmanager
+def decoder_attention_written_out(model: nn.Module):
+    """Temporarily run the decoder's attention with the eager implementation (batched matrix products and a softmax,
+    all of which XNNPACK runs) instead of scaled-dot-product attention, whose decomposition adds comparisons and
+    selects on every score map that run on portable kernels. Both compute the same function."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+# Left to run in the program when folding constants: the positional encoding's sines and cosines, of its small
+# per-row and per-column angle tables (`SegFacePositionalEmbedding.encode_separably`); folded, they would store the
+# 128 x 128 x 256 encoding, 16 MB at 512 pixels, in the file.
 UNFOLDED_OPERATORS = (torch.ops.aten.sin.default, torch.ops.aten.cos.default)
 
 
@@ -131,13 +151,32 @@ def quantize_pt2e(
     return convert_pt2e(prepared)
 
 
+def lower_to_xnnpack(model: nn.Module, image_size: tuple[int, int],
+                     calibration: Sequence[dict[str, np.ndarray]] | None = None):  # fmt: skip
+    """`model` captured at batch size 1 and `image_size`, int8-quantized when `calibration` faces are given, its
+    parameter products folded and lowered to XNNPACK: the `EdgeProgramManager` that [`export_executorch`] writes."""
+    require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if calibration is not None and not calibration:
+        raise SegFaceExecuTorchError("int8 ExecuTorch export needs at least one calibration face.")
+    module = SegFaceLogitsOnly(model, bool(model.config.use_face_warp)).eval()
+    inputs = example_inputs(model.config, 1, image_size)
+    with exportable_backbone_attention(model), decoder_attention_written_out(model), torch.no_grad(), _quiet():
+        if calibration is not None:
+            module = quantize_pt2e(module, inputs, calibration)
+        program = fold_parameter_products(_capture(module, inputs))
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+
+
 def export_executorch(
     model: nn.Module,
     output_path: str | os.PathLike,
     image_size: tuple[int, int],
     calibration: Sequence[dict[str, np.ndarray]] | None = None,
 ) -> list[str]:
-    """Write `model` as an XNNPACK-delegated ExecuTorch program with a dynamic batch dimension.
+    """Write `model` as an XNNPACK-delegated ExecuTorch program taking one face at `image_size`.
 
     Args:
         model (`SegFaceForSemanticSegmentation`):
@@ -154,25 +193,15 @@ def export_executorch(
     Returns:
         `list[str]`: the program's inputs, in order (`pixel_values`, and `landmarks` for face-warp models).
     """
-    require_executorch()
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    if calibration is not None and not calibration:
-        raise SegFaceExecuTorchError("int8 ExecuTorch export needs at least one calibration face.")
-    module = SegFaceLogitsOnly(model, bool(model.config.use_face_warp)).eval()
-    inputs = example_inputs(model.config, 2, image_size)
-    with exportable_backbone_attention(model), torch.no_grad(), _quiet():
-        if calibration is not None:
-            module = quantize_pt2e(module, inputs, calibration)
-        program = fold_parameter_products(_capture(module, inputs))
-        program = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    program = lower_to_xnnpack(model, image_size, calibration)
+    with _quiet():
         Path(output_path).write_bytes(program.to_executorch().buffer)
-    return list(inputs)
+    return ["pixel_values"] + (["landmarks"] if model.config.use_face_warp else [])
 
 
 def executorch_runner(path: str | os.PathLike, threads: int | None = None):
-    """`run(feed) -> logits` for a `.pte` file, with the ExecuTorch runtime (XNNPACK on the CPU).
+    """`run(feed) -> logits` for a `.pte` file, with the ExecuTorch runtime (XNNPACK on the CPU); a batch is fed one
+    face at a time, as the program takes batch size 1.
 
     Args:
         path (`str` or `os.PathLike`): The `.pte` file.
@@ -189,25 +218,33 @@ def executorch_runner(path: str | os.PathLike, threads: int | None = None):
 
         with stderr_without(*EXECUTORCH_THREADPOOL_NOTICES):
             _unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(path).load_method("forward")
+    # The runtime probes the CPU and sizes its thread pool when the first delegated method loads, and says so on stderr.
+    with stderr_without(*EXECUTORCH_THREADPOOL_NOTICES):
+        method = Runtime.get().load_program(path).load_method("forward")
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         names = ["pixel_values"] + (["landmarks"] if "landmarks" in feed else [])
-        (logits,) = method.execute([torch.from_numpy(np.ascontiguousarray(feed[name])) for name in names])
-        return logits.numpy()
+        faces = []
+        for index in range(len(feed["pixel_values"])):
+            face = [torch.from_numpy(np.ascontiguousarray(feed[name][index : index + 1], dtype=np.float32))
+                    for name in names]  # fmt: skip
+            (logits,) = method.execute(face)
+            faces.append(logits.numpy())
+        return np.concatenate(faces)
 
     return run
 
 
 __all__ = [
     "FLOAT_OUTPUT_MODULE",
-    "MAX_BATCH_SIZE",
     "QUANTIZED_OPERATORS",
     "SegFaceExecuTorchError",
     "UNFOLDED_OPERATORS",
+    "decoder_attention_written_out",
     "executorch_runner",
     "export_executorch",
     "fold_parameter_products",
+    "lower_to_xnnpack",
     "output_stage_filter",
     "quantize_pt2e",
     "require_executorch",

@@ -11,7 +11,7 @@ Formats (see `EXPORT_FORMATS`):
   expects (a folder of photos the caller gives, or the public-domain photos bundled with the Space). `dynamic`: int8
   weights of the matrix products only, activation ranges computed at run time (no calibration).
 - `executorch`: a float32 ExecuTorch program (`.pte`) delegated to XNNPACK, as
-  [`~segface_hf.release.executorch_export.export_executorch`] writes it (dynamic batch size up to 64).
+  [`~segface_hf.release.executorch_export.export_executorch`] writes it (batch size 1).
 - `executorch-int8`: the same after PT2E quantization with the XNNPACK quantizer (symmetric, per-channel int8
   weights, int8 activations calibrated on the same face crops as `onnx-int8`).
 - `litert` and `litert-int8`: a LiteRT flatbuffer (`.tflite`, batch size 1), float32 or int8 (PT2E with
@@ -116,9 +116,9 @@ EXPORT_FORMATS: dict[str, SegFaceExportFormat] = {
     "onnx-int8": SegFaceExportFormat("onnx-int8", ".onnx", "onnxruntime", "int8", 0.25, 0.90,
                                      "onnx/model_quantized.onnx"),  # fmt: skip
     "executorch": SegFaceExportFormat("executorch", ".pte", "executorch", "float32", None, MIN_ARGMAX_AGREEMENT,
-                                      "executorch/model.pte"),  # fmt: skip
+                                      "executorch/model.pte", dynamic_batch=False),  # fmt: skip
     "executorch-int8": SegFaceExportFormat("executorch-int8", ".pte", "executorch", "int8", 0.25, 0.90,
-                                           "executorch/model_int8.pte"),  # fmt: skip
+                                           "executorch/model_int8.pte", dynamic_batch=False),  # fmt: skip
     "litert": SegFaceExportFormat("litert", ".tflite", "litert", "float32", None, MIN_ARGMAX_AGREEMENT,
                                   "litert/model.tflite", dynamic_batch=False),  # fmt: skip
     "litert-int8": SegFaceExportFormat("litert-int8", ".tflite", "litert", "int8", 0.25, 0.90,
@@ -481,7 +481,7 @@ def store_convolution_weights_in_int8(path: str | os.PathLike, min_weights: int 
     speed. Returns how many weights it stored so.
 
     This is what dynamic int8 leaves large (it quantizes the matrix products only): MobileNetV3 at 512 goes from
-    15.9 MB to 7.7 MB at the same speed. `DequantizeLinear` would say the same more briefly, but onnxruntime keeps
+    15.9 MB to 7.8 MB at the same speed. `DequantizeLinear` would say the same more briefly, but onnxruntime keeps
     those nodes unfolded for its QDQ fusions, and convolutions whose weights are computed on every call ran slower
     (measured: 122 ms against 104 ms).
     """
@@ -554,7 +554,7 @@ def quantize_to_int8(source: Path, target: Path, calibration: Sequence[dict[str,
         fold_weight_products(source, folded)
         # Shape inference only: the pre-processing's graph optimizer would fold the positional encoding into a
         # stored tensor (16 MB of float32 at 512 pixels; 4.2 MB as uint8 in static int8: the MobileNetV3 file was
-        # 12.0 MB, and is 7.97 MB at the same speed with the products folded above and the metadata dropped below).
+        # 12.0 MB, and is 8.1 MB at the same speed with the products folded above and the metadata dropped below).
         quant_pre_process(str(folded), str(prepared), skip_optimization=True)
         computed = constant_nodes(prepared)
         if mode == "dynamic":
