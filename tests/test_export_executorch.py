@@ -211,3 +211,32 @@ def test_the_program_leaves_only_layer_norms_and_layout_copies_outside_xnnpack(m
     left -= {"executorch_call_delegate", "getitem", "view_copy", "sym_size"}
     assert left <= {"native_layer_norm", "_to_dim_order_copy", "_clone_dim_order", "unsqueeze_copy"}, left
     assert "native_layer_norm" in left
+
+
+def test_int8_programs_quantize_the_linear_layers_and_the_large_convolutions_only(model, monkeypatch):
+    """`quantized_node_filter` keeps the output stage float and the convolutions whose weights have fewer than
+    `SMALLEST_QUANTIZED_CONVOLUTION` values (the stem, the depthwise kernels): checked against the sizes of the
+    backbone's own `nn.Conv2d` weights, with the bound moved to the middle of the tiny model's sizes."""
+    import segface_hf.release.executorch_export as executorch_export
+    from segface_hf.release.onnx_export import SegFaceLogitsOnly, example_inputs
+
+    # The backbone's convolutions (the fusion's 1x1 convolution is a matrix product in the traced fast path).
+    sizes = sorted(module.weight.numel() for module in model.backbone.modules() if isinstance(module, torch.nn.Conv2d))
+    bound = sizes[len(sizes) // 2]
+    assert sizes[0] < bound <= sizes[-1]
+    monkeypatch.setattr(executorch_export, "SMALLEST_QUANTIZED_CONVOLUTION", bound)
+    inputs = example_inputs(model.config, 1, (64, 64))
+    with torch.no_grad():
+        program = torch.export.export(SegFaceLogitsOnly(model, False).eval(), tuple(inputs.values()), strict=False)
+        graph_module = executorch_export.fold_parameter_products(program).module()
+    keep = executorch_export.quantized_node_filter(graph_module)
+    nodes = [node for node in graph_module.graph.nodes if node.op == "call_function"]
+    convolutions = [node for node in nodes if node.target == torch.ops.aten.conv2d.default]
+    kept = sorted(graph_module.get_parameter(node.args[1].target).numel() for node in convolutions if keep(node))
+    assert kept == [size for size in sizes if size >= bound]
+    linear = [node for node in nodes if node.target == torch.ops.aten.linear.default]
+    in_output_stage = [node for node in linear
+                       if any(path.startswith(executorch_export.FLOAT_OUTPUT_MODULE)
+                              for path, _ in node.meta["nn_module_stack"].values())]  # fmt: skip
+    assert in_output_stage and not any(keep(node) for node in in_output_stage)
+    assert [node for node in linear if node not in in_output_stage and keep(node)]  # the transformer's layers
