@@ -107,6 +107,7 @@ STATIC_INT8_RECIPES = (
                             SMALLEST_INT8_STORED_WEIGHT),  # fmt: skip
 )
 
+
 class SegFaceExportError(SegFaceError, ValueError):
     """An export that cannot be made as asked (unsupported format, no faces to calibrate on) or that does not
     reproduce the PyTorch model closely enough."""
